@@ -1,0 +1,33 @@
+"""Shared fixtures: every test gets its own run store, never the user's."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """WORKBENCH_STORE points at a fresh SQLite file for each test."""
+    path = tmp_path / "store" / "runs.sqlite"
+    monkeypatch.setenv("WORKBENCH_STORE", str(path))
+    monkeypatch.delenv("WORKBENCH_RUN_DIR", raising=False)
+    monkeypatch.delenv("WORKBENCH_ARTIFACTS", raising=False)
+    return path
+
+
+def workbench_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess command (the venv's python, whatever PATH says)."""
+    return [sys.executable, "-m", "workbench.cli", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

@@ -1,0 +1,126 @@
+import json
+import multiprocessing as mp
+
+import pytest
+import sqlalchemy as sa
+
+from workbench.runs import CorruptRecord, RecordError, RunRecord, RunStore, StoreError
+from workbench.runs.store import meta_table, runs_table
+
+
+def _record(i=0, **kw):
+    return RunRecord(method=kw.pop("method", "dense"), parameters={"width": 32 * (i + 1)},
+                     metrics={"accuracy": 0.5 + i / 100, "split": "test"},
+                     cost={"params": 1000 + i, "latency_ms": 1.5}, seed=i, **kw)
+
+
+def test_add_and_read_back(isolated_store):
+    store = RunStore()
+    assert store.url.endswith(str(isolated_store))
+    ids = [store.add(_record(i)) for i in range(3)]
+    assert len(store) == 3
+    got = store.get(ids[1])
+    assert got.parameters == {"width": 64} and got.metrics["accuracy"] == pytest.approx(0.51)
+    frame = store.frame()
+    assert list(frame["run_id"]) == ids
+    assert {"param.width", "metric.accuracy", "cost.params", "metric.split"} <= set(frame.columns)
+
+
+def test_append_only_refuses_same_id():
+    store = RunStore()
+    record = _record()
+    store.add(record)
+    with pytest.raises(StoreError, match="append-only"):
+        store.add(record)
+
+
+def test_filters_and_missing_run():
+    store = RunStore()
+    store.add(_record(0, method="dense"))
+    store.add(_record(1, method="monarch", status="failed", error="boom"))
+    assert [r.method for r in store.records(method="monarch")] == ["monarch"]
+    assert [r.error for r in store.records(status="failed")] == ["boom"]
+    with pytest.raises(KeyError, match="no run 'nope'"):
+        store.get("nope")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(method=""), "method"),
+    (dict(method="x", status="done"), "status"),
+    (dict(method="x", metrics={"acc": [1, 2]}), "number or string"),
+    (dict(method="x", cost={"flops": object()}), "JSON"),
+])
+def test_bad_records_are_refused(bad, match):
+    with pytest.raises(RecordError, match=match):
+        RunRecord(**bad)
+
+
+def test_corrupt_row_is_reported_not_dropped():
+    store = RunStore()
+    good = store.add(_record())
+    with store.engine.begin() as conn:
+        conn.execute(runs_table.insert().values(
+            run_id="broken", created_at="2026-01-01", status="ok", method="dense",
+            schema_version=1, body="{not json"))
+        conn.execute(runs_table.insert().values(
+            run_id="alien", created_at="2026-01-02", status="ok", method="dense",
+            schema_version=1, body=json.dumps({"method": "x", "surprise": 1})))
+    records = list(store.records())
+    corrupt = [r for r in records if isinstance(r, CorruptRecord)]
+    assert [r.run_id for r in corrupt] == ["broken", "alien"]
+    assert "JSONDecodeError" in corrupt[0].error and "surprise" in corrupt[1].error
+    frame = store.frame()
+    assert set(frame["status"]) == {"ok", "corrupt"} and good in set(frame["run_id"])
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get("broken")
+
+
+def test_schema_version_is_checked():
+    store = RunStore()
+    assert store.schema_version == 1
+    with store.engine.begin() as conn:
+        conn.execute(meta_table.update().values(value="99"))
+    with pytest.raises(StoreError, match="schema version 99"):
+        RunStore()
+
+
+def _writer(path, worker, count):
+    store = RunStore(path)
+    for i in range(count):
+        store.add(RunRecord(method=f"w{worker}", parameters={"i": i, "worker": worker},
+                            metrics={"accuracy": i / count}))
+
+
+def test_many_writers_lose_nothing(isolated_store):
+    """8 processes each write 200 records at once; all 1,600 come back intact."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(isolated_store), w, 200)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * 8
+    records = list(RunStore().records())
+    assert len(records) == 1600
+    assert not [r for r in records if isinstance(r, CorruptRecord)]
+    seen = {(r.parameters["worker"], r.parameters["i"]) for r in records}
+    assert seen == {(w, i) for w in range(8) for i in range(200)}
+
+
+def test_store_accepts_sqlalchemy_url(tmp_path):
+    store = RunStore(f"sqlite:///{tmp_path / 'other.db'}")
+    store.add(_record())
+    assert len(RunStore(str(tmp_path / "other.db"))) == 1
+    assert store.artifacts_root == (tmp_path / "artifacts").resolve()
+
+
+def test_export_frame_roundtrip_csv_parquet(tmp_path):
+    import pandas as pd
+    store = RunStore()
+    for i in range(4):
+        store.add(_record(i))
+    frame = store.frame()
+    frame.to_parquet(tmp_path / "runs.parquet")
+    back = pd.read_parquet(tmp_path / "runs.parquet")
+    assert list(back["run_id"]) == list(frame["run_id"])
+    assert back["metric.accuracy"].tolist() == pytest.approx([0.5, 0.51, 0.52, 0.53])

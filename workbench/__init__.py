@@ -1,0 +1,1 @@
+"""Structured-matrix workbench."""

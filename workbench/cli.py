@@ -1,0 +1,188 @@
+"""The ``workbench`` command: run notebooks, list and export runs, serve the dashboard.
+
+    workbench run notebooks/baseline.ipynb -p width 64 -p preset ci
+    workbench sweep notebooks/baseline.ipynb -g width 32,64,128 -p preset ci
+    workbench runs list | show RUN_ID | export --format csv|parquet -o FILE
+    workbench serve [--address 0.0.0.0] [--port 5006]
+    workbench lab
+
+Exit status: 0 ok, 1 a run failed, 2 bad command line or notebook parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turn library errors into a clean message
+        from .runs import ParameterError, StoreError
+        if isinstance(exc, (ParameterError, FileNotFoundError)):
+            print(f"workbench: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (StoreError, KeyError)):
+            print(f"workbench: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
+    p.add_argument("--store", help="run store: SQLite path or SQLAlchemy URL "
+                                   "(default: $WORKBENCH_STORE or data/store/runs.sqlite)")
+    sub = p.add_subparsers()
+
+    run = sub.add_parser("run", help="execute a notebook and record the run")
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"))
+    run.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(handler=_run)
+
+    sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameter values")
+    sweep.add_argument("notebook")
+    sweep.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                       metavar=("NAME", "VALUE"), help="fixed parameter")
+    sweep.add_argument("-g", "--grid", nargs=2, action="append", default=[],
+                       metavar=("NAME", "V1,V2,..."), help="swept parameter")
+    sweep.add_argument("--cell-timeout", type=float, default=None)
+    sweep.set_defaults(handler=_sweep)
+
+    runs = sub.add_parser("runs", help="list, show or export recorded runs")
+    runs_sub = runs.add_subparsers()
+    ls = runs_sub.add_parser("list")
+    ls.add_argument("--method")
+    ls.add_argument("--status")
+    ls.set_defaults(handler=_runs_list)
+    show = runs_sub.add_parser("show")
+    show.add_argument("run_id")
+    show.set_defaults(handler=_runs_show)
+    export = runs_sub.add_parser("export")
+    export.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    export.add_argument("-o", "--output", help="file (default: stdout for csv)")
+    export.set_defaults(handler=_runs_export)
+
+    serve = sub.add_parser("serve", help="serve the dashboard (localhost unless told otherwise)")
+    serve.add_argument("--address", default="localhost")
+    serve.add_argument("--port", type=int, default=5006)
+    serve.add_argument("--show", action="store_true", help="open a browser")
+    serve.set_defaults(handler=_serve)
+
+    lab = sub.add_parser("lab", help="open JupyterLab on the notebooks")
+    lab.add_argument("extra", nargs=argparse.REMAINDER)
+    lab.set_defaults(handler=_lab)
+    return p
+
+
+def _store(args):
+    from .runs import RunStore
+    return RunStore(args.store)
+
+
+def _run(args) -> int:
+    from .runs.executor import execute
+    from .runs.parameters import read_parameters, resolve_parameters
+    given = dict(args.parameter)
+    resolve_parameters(read_parameters(args.notebook), given, Path(args.notebook).name)
+    record = execute(args.notebook, given, store=_store(args), cell_timeout=args.cell_timeout,
+                     progress=not args.no_progress)
+    if record.status != "ok":
+        print(f"run {record.run_id} failed: {record.error}", file=sys.stderr)
+        print(f"partial output notebook: {record.output_notebook or '(none)'}", file=sys.stderr)
+    print(record.run_id)
+    return 0 if record.status == "ok" else 1
+
+
+def _sweep(args) -> int:
+    from .runs.parameters import read_parameters, resolve_parameters
+    declared = read_parameters(args.notebook)
+    names = [name for name, _ in args.grid]
+    grids = [values.split(",") for _, values in args.grid]
+    settings = [{**dict(args.parameter), **dict(zip(names, combo))}
+                for combo in itertools.product(*grids)]
+    for setting in settings:  # check every setting before running any
+        resolve_parameters(declared, setting, Path(args.notebook).name)
+    failures = 0
+    for i, setting in enumerate(settings, 1):
+        print(f"[{i}/{len(settings)}] {setting}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", "workbench.cli"]
+        if args.store:
+            cmd += ["--store", args.store]
+        cmd += ["run", args.notebook, "--no-progress"]
+        if args.cell_timeout:
+            cmd += ["--cell-timeout", str(args.cell_timeout)]
+        for name, value in setting.items():
+            cmd += ["-p", name, str(value)]
+        failures += subprocess.run(cmd).returncode != 0
+    print(f"sweep: {len(settings) - failures} ok, {failures} failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _runs_list(args) -> int:
+    records = list(_store(args).records(status=args.status, method=args.method))
+    if not records:
+        print("no runs yet: try `workbench run notebooks/baseline.ipynb -p preset ci`")
+        return 0
+    print(f"{'run_id':<13} {'created_at':<26} {'status':<8} {'method':<14} {'model':<10} "
+          f"{'dataset':<10} quality")
+    for r in records:
+        row = r.flat()
+        quality = ", ".join(f"{k}={v:.4g}" for k, v in getattr(r, "metrics", {}).items()
+                            if isinstance(v, (int, float)))
+        print(f"{row['run_id']:<13} {row.get('created_at', ''):<26} {row['status']:<8} "
+              f"{row['method']:<14} {row.get('model', ''):<10} {row.get('dataset', ''):<10} "
+              f"{quality or row.get('error') or ''}")
+    return 0
+
+
+def _runs_show(args) -> int:
+    print(json.dumps(_store(args).get(args.run_id).to_dict(), indent=2))
+    return 0
+
+
+def _runs_export(args) -> int:
+    frame = _store(args).frame()
+    if args.format == "parquet":
+        if not args.output:
+            print("workbench: error: parquet export needs -o FILE", file=sys.stderr)
+            return 2
+        frame.to_parquet(args.output, index=False)
+    elif args.output:
+        frame.to_csv(args.output, index=False)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    if args.output:
+        print(f"wrote {len(frame)} runs to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from .app.serve import serve
+    serve(store=args.store, address=args.address, port=args.port, show=args.show)
+    return 0
+
+
+def _lab(args) -> int:
+    from .runs.executor import ensure_kernel
+    ensure_kernel()
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebooks}", *args.extra]
+    return subprocess.run(cmd).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Execute a notebook with papermill and turn the execution into one run record.
+
+``execute(notebook, {"width": "64"})`` checks the parameters against the notebook's parameters
+cell (raising ParameterError before any kernel starts), runs it in the ``workbench`` Jupyter
+kernel with the run folder in ``WORKBENCH_RUN_DIR``, saves the output notebook there, and adds a
+record to the store: ``ok``, or ``failed`` with the error and the partial output notebook when a
+cell raises, the kernel dies, a cell times out or the run is interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .environment import environment_info
+from .log import RESULTS_FILE, read_results
+from .parameters import read_parameters, resolve_parameters
+from .record import RunRecord
+from .store import RunStore
+
+KERNEL_NAME = "workbench"
+OUTPUT_NOTEBOOK = "output.ipynb"
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """Register a Jupyter kernel ``name`` for this Python (in its prefix) unless it exists."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+        return name
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+    install(kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
+    return name
+
+
+def execute(notebook: str | Path, given: dict[str, Any] | None = None, *,
+            store: RunStore | None = None, kernel: str = KERNEL_NAME,
+            cell_timeout: float | None = None, progress: bool = True) -> RunRecord:
+    """Run ``notebook`` with parameters ``given`` and return the stored record."""
+    notebook = Path(notebook).resolve()
+    values = resolve_parameters(read_parameters(notebook), dict(given or {}), notebook.name)
+    store = store or RunStore()
+    record = RunRecord(method=notebook.stem, notebook=str(notebook), parameters=values,
+                       seed=values.get("seed") if isinstance(values.get("seed"), int) else None)
+    folder = store.run_dir(record.run_id)
+    output = folder / OUTPUT_NOTEBOOK
+    env = {"WORKBENCH_RUN_DIR": str(folder), "WORKBENCH_RUN_ID": record.run_id,
+           "WORKBENCH_STORE": store.url}
+    started = time.perf_counter()
+    try:
+        with _environment(env), _sigterm_as_interrupt():
+            _papermill(notebook, output, values, ensure_kernel(kernel), cell_timeout, progress)
+    except BaseException as exc:  # noqa: BLE001 - every failure must be recorded
+        record.status = "failed"
+        record.error = _describe(exc)
+        if not isinstance(exc, (Exception, KeyboardInterrupt)):
+            raise
+    finally:
+        record.duration_s = round(time.perf_counter() - started, 3)
+        _finish(record, folder, output, store)
+    return record
+
+
+def _papermill(notebook: Path, output: Path, values: dict, kernel: str,
+               cell_timeout: float | None, progress: bool) -> None:
+    import papermill
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=values, kernel_name=kernel,
+        cwd=str(notebook.parent), progress_bar=progress, request_save_on_cell_execute=True,
+        execution_timeout=cell_timeout, log_output=False)
+
+
+def _finish(record: RunRecord, folder: Path, output: Path, store: RunStore) -> None:
+    """Fold the notebook's logged results into the record and store it."""
+    try:
+        results = read_results(folder / RESULTS_FILE)
+    except ValueError as exc:
+        results = {}
+        record.status, record.error = "failed", (record.error or "") + f"; {exc}"
+    for key in ("model", "dataset", "device"):
+        if results.get(key):
+            setattr(record, key, str(results[key]))
+    if results.get("method"):
+        record.method = str(results["method"])
+    if isinstance(results.get("seed"), int):
+        record.seed = results["seed"]
+    record.metrics = results.get("metrics", {})
+    record.cost = results.get("cost", {})
+    record.artifacts = dict(results.get("artifacts", {}))
+    record.parameters.update(results.get("parameters", {}))
+    env = environment_info()
+    record.device = record.device or env["device"]
+    record.torch_version, record.git_commit = env["torch_version"], env["git_commit"]
+    if output.exists():
+        record.output_notebook = str(output)
+    elif record.status == "ok":
+        record.status, record.error = "failed", "papermill wrote no output notebook"
+    store.add(record)
+
+
+def _describe(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "PapermillExecutionError":
+        return f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+    if name == "DeadKernelError":
+        return f"the kernel died: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT/SIGTERM) before the notebook finished"
+    return f"{name}: {exc}"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """A SIGTERM (e.g. a job scheduler's kill) is handled like Ctrl-C, so the run is recorded."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
