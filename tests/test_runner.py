@@ -1,0 +1,92 @@
+"""`workbench run`: parameters checked before any kernel, failures recorded with their notebook."""
+import json
+import subprocess
+import time
+
+import nbformat
+import pytest
+
+from conftest import FIXTURES, cli_env, workbench_cmd
+from workbench.runs import RunStore
+
+TINY = str(FIXTURES / "tiny.ipynb")
+pytestmark = pytest.mark.notebook
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(workbench_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env=cli_env())
+
+
+def test_ok_run_writes_record_and_output_notebook():
+    result = run_cli("run", TINY, "-p", "x", "3", "-p", "mode", "slow", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    record = RunStore().get(run_id)
+    assert record.status == "ok" and record.method == "tiny" and record.seed == 3
+    assert record.parameters == {"x": 3, "rate": 0.5, "name": "a", "flag": False,
+                                 "mode": "slow", "fail": False, "die": False}
+    assert record.metrics == {"accuracy": 1.5, "split": "test"}
+    assert record.torch_version and record.device and record.duration_s > 0
+    out = nbformat.read(record.output_notebook, as_version=4)
+    printed = [o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs]
+    assert "finished a False slow\n" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (("-p", "xx", "1"), "unknown parameter 'xx'"),
+    (("-p", "x", "one"), "parameter 'x' expects int"),
+    (("-p", "mode", "warp"), "'mode' must be one of fast, slow"),
+])
+def test_bad_parameters_exit_2_before_any_kernel(args, message):
+    started = time.perf_counter()
+    result = run_cli("run", TINY, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(RunStore()) == 0  # nothing ran, nothing recorded
+    assert time.perf_counter() - started < 30
+
+
+def test_missing_notebook_is_a_clear_error():
+    result = run_cli("run", "no/such.ipynb")
+    assert result.returncode == 2 and "notebook not found: no/such.ipynb" in result.stderr
+
+
+def test_failing_cell_records_failed_run_with_partial_notebook():
+    result = run_cli("run", TINY, "-p", "fail", "true", "-p", "x", "4", "--no-progress")
+    assert result.returncode == 1
+    run_id = result.stdout.strip().splitlines()[-1]
+    record = RunStore().get(run_id)
+    assert record.status == "failed"
+    assert "ValueError" in record.error and "asked to fail with x=4" in record.error
+    assert record.metrics["accuracy"] == 2.0  # what it logged before failing is kept
+    out = nbformat.read(record.output_notebook, as_version=4)
+    errors = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert errors and errors[0].ename == "ValueError"
+
+
+def test_dead_kernel_records_failed_run():
+    result = run_cli("run", TINY, "-p", "die", "true", "--no-progress")
+    assert result.returncode == 1
+    run_id = result.stdout.strip().splitlines()[-1]
+    record = RunStore().get(run_id)
+    assert record.status == "failed" and "kernel died" in record.error
+    assert record.output_notebook and record.metrics["accuracy"] == 0.5
+
+
+def test_runs_list_show_export(tmp_path):
+    assert run_cli("run", TINY, "--no-progress").returncode == 0
+    assert run_cli("run", TINY, "-p", "fail", "true", "--no-progress").returncode == 1
+    listing = run_cli("runs", "list").stdout
+    assert listing.count("tiny") == 2 and "failed" in listing and "accuracy=0.5" in listing
+    run_id = RunStore().frame()["run_id"].iloc[0]
+    shown = json.loads(run_cli("runs", "show", run_id).stdout)
+    assert shown["run_id"] == run_id
+    assert run_cli("runs", "show", "nope").returncode == 1
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / f"runs.{fmt}"
+        assert run_cli("runs", "export", "--format", fmt, "-o", str(out)).returncode == 0
+        import pandas as pd
+        frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+        assert sorted(frame["status"]) == ["failed", "ok"]
