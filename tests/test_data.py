@@ -7,7 +7,9 @@ import torch
 
 from workbench.data import DATASETS, Dataset, load_dataset
 from workbench.data.digits import stratified_split
-from workbench.data.text import eval_windows, iter_source_files, load_stdlib_bytes, sample_batch, stdlib_dir
+from workbench.data.text import (
+    eval_windows, iter_source_files, load_stdlib_bytes, sample_batch, stdlib_dir,
+)
 
 CLASSIFICATION = {"mnist1d": (40, 10), "digits": (64, 10), "synthetic": (8, 4)}
 
@@ -16,7 +18,8 @@ CLASSIFICATION = {"mnist1d": (40, 10), "digits": (64, 10), "synthetic": (8, 4)}
 def test_classification_shapes(name):
     ds = load_dataset(name, seed=0, size="ci")
     input_dim, n_classes = CLASSIFICATION[name]
-    assert (ds.name, ds.task, ds.input_dim, ds.n_classes) == (name, "classification", input_dim, n_classes)
+    assert (ds.name, ds.task) == (name, "classification")
+    assert (ds.input_dim, ds.n_classes) == (input_dim, n_classes)
     for x, y in [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)]:
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.shape == (len(y), input_dim) and len(y) > 0

@@ -124,3 +124,15 @@ def test_export_frame_roundtrip_csv_parquet(tmp_path):
     back = pd.read_parquet(tmp_path / "runs.parquet")
     assert list(back["run_id"]) == list(frame["run_id"])
     assert back["metric.accuracy"].tolist() == pytest.approx([0.5, 0.51, 0.52, 0.53])
+
+
+def test_artifact_paths_are_relative_and_confined(tmp_path):
+    store = RunStore()
+    inside = store.run_dir("abc") / "output.ipynb"
+    inside.write_text("{}")
+    assert store.relative_artifact(inside) == "abc/output.ipynb"
+    assert store.artifact("abc/output.ipynb") == inside.resolve()
+    assert store.relative_artifact(tmp_path / "elsewhere.txt") == str(tmp_path / "elsewhere.txt")
+    for escape in ("../runs.sqlite", "/etc/passwd", "abc/../../x"):
+        with pytest.raises(StoreError, match="outside the store"):
+            store.artifact(escape)

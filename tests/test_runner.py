@@ -28,7 +28,7 @@ def test_ok_run_writes_record_and_output_notebook():
                                  "mode": "slow", "fail": False, "die": False}
     assert record.metrics == {"accuracy": 1.5, "split": "test"}
     assert record.torch_version and record.device and record.duration_s > 0
-    out = nbformat.read(record.output_notebook, as_version=4)
+    out = nbformat.read(RunStore().artifact(record.output_notebook), as_version=4)
     printed = [o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs]
     assert "finished a False slow\n" in printed
 
@@ -60,7 +60,7 @@ def test_failing_cell_records_failed_run_with_partial_notebook():
     assert record.status == "failed"
     assert "ValueError" in record.error and "asked to fail with x=4" in record.error
     assert record.metrics["accuracy"] == 2.0  # what it logged before failing is kept
-    out = nbformat.read(record.output_notebook, as_version=4)
+    out = nbformat.read(RunStore().artifact(record.output_notebook), as_version=4)
     errors = [o for c in out.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert errors and errors[0].ename == "ValueError"
@@ -90,3 +90,18 @@ def test_runs_list_show_export(tmp_path):
         import pandas as pd
         frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
         assert sorted(frame["status"]) == ["failed", "ok"]
+
+
+def test_sweep_runs_grid_and_skips_existing():
+    result = run_cli("sweep", TINY, "-g", "x", "1,2", "-p", "mode", "slow", "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert sorted(r.parameters["x"] for r in RunStore().records()) == [1, 2]
+    again = run_cli("sweep", TINY, "-g", "x", "1,2,3", "-p", "mode", "slow", "--skip-existing")
+    assert again.returncode == 0 and again.stderr.count("already done") == 2
+    assert sorted(r.parameters["x"] for r in RunStore().records()) == [1, 2, 3]
+
+
+def test_sweep_checks_every_setting_first():
+    result = run_cli("sweep", TINY, "-g", "x", "1,two")
+    assert result.returncode == 2 and "'x' expects int" in result.stderr
+    assert len(RunStore()) == 0

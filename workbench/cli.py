@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("-g", "--grid", nargs=2, action="append", default=[],
                        metavar=("NAME", "V1,V2,..."), help="swept parameter")
     sweep.add_argument("--cell-timeout", type=float, default=None)
+    sweep.add_argument("--skip-existing", action="store_true",
+                       help="skip settings that already have an ok run of this notebook")
     sweep.set_defaults(handler=_sweep)
 
     runs = sub.add_parser("runs", help="list, show or export recorded runs")
@@ -114,10 +116,14 @@ def _sweep(args) -> int:
     grids = [values.split(",") for _, values in args.grid]
     settings = [{**dict(args.parameter), **dict(zip(names, combo))}
                 for combo in itertools.product(*grids)]
-    for setting in settings:  # check every setting before running any
-        resolve_parameters(declared, setting, Path(args.notebook).name)
+    resolved = [resolve_parameters(declared, setting, Path(args.notebook).name)
+                for setting in settings]  # check every setting before running any
+    done = _finished_settings(args) if args.skip_existing else []
     failures = 0
-    for i, setting in enumerate(settings, 1):
+    for i, (setting, values) in enumerate(zip(settings, resolved), 1):
+        if any(all(p.get(k) == values[k] for k in setting) for p in done):
+            print(f"[{i}/{len(settings)}] {setting}: already done, skipped", file=sys.stderr)
+            continue
         print(f"[{i}/{len(settings)}] {setting}", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "workbench.cli"]
         if args.store:
@@ -132,18 +138,25 @@ def _sweep(args) -> int:
     return 1 if failures else 0
 
 
+def _finished_settings(args) -> list[dict]:
+    """Parameters of the ok runs of ``args.notebook`` already in the store."""
+    notebook = str(Path(args.notebook).resolve())
+    return [r.parameters for r in _store(args).records(status="ok")
+            if getattr(r, "notebook", None) == notebook]
+
+
 def _runs_list(args) -> int:
     records = list(_store(args).records(status=args.status, method=args.method))
     if not records:
         print("no runs yet: try `workbench run notebooks/baseline.ipynb -p preset ci`")
         return 0
-    print(f"{'run_id':<13} {'created_at':<26} {'status':<8} {'method':<14} {'model':<10} "
+    print(f"{'run_id':<13} {'created_at (UTC)':<20} {'status':<8} {'method':<14} {'model':<10} "
           f"{'dataset':<10} quality")
     for r in records:
         row = r.flat()
         quality = ", ".join(f"{k}={v:.4g}" for k, v in getattr(r, "metrics", {}).items()
                             if isinstance(v, (int, float)))
-        print(f"{row['run_id']:<13} {row.get('created_at', ''):<26} {row['status']:<8} "
+        print(f"{row['run_id']:<13} {row.get('created_at', '')[:19]:<20} {row['status']:<8} "
               f"{row['method']:<14} {row.get('model', ''):<10} {row.get('dataset', ''):<10} "
               f"{quality or row.get('error') or ''}")
     return 0

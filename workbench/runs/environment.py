@@ -14,8 +14,17 @@ def device_name(device: str | None = None) -> str:
         index = torch.device(device or "cuda").index or 0
         return torch.cuda.get_device_name(index)
     import os
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {os.cpu_count()} cores)"
+    return f"CPU ({_cpu_model()}, {os.cpu_count()} cores)"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=1)

@@ -92,13 +92,14 @@ def _finish(record: RunRecord, folder: Path, output: Path, store: RunStore) -> N
         record.seed = results["seed"]
     record.metrics = results.get("metrics", {})
     record.cost = results.get("cost", {})
-    record.artifacts = dict(results.get("artifacts", {}))
+    record.artifacts = {name: store.relative_artifact(path)
+                        for name, path in results.get("artifacts", {}).items()}
     record.parameters.update(results.get("parameters", {}))
     env = environment_info()
     record.device = record.device or env["device"]
     record.torch_version, record.git_commit = env["torch_version"], env["git_commit"]
     if output.exists():
-        record.output_notebook = str(output)
+        record.output_notebook = store.relative_artifact(output)
     elif record.status == "ok":
         record.status, record.error = "failed", "papermill wrote no output notebook"
     store.add(record)

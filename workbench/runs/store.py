@@ -107,6 +107,23 @@ class RunStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def relative_artifact(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the artifacts root when it lies inside it (records stay valid
+        when a store folder is moved or shipped), else unchanged."""
+        try:
+            return str(Path(path).resolve().relative_to(self.artifacts_root))
+        except ValueError:
+            return str(path)
+
+    def artifact(self, relative: str) -> Path:
+        """The file a record's artifact path names; refuses paths that leave the artifacts
+        root (``..``, absolute paths elsewhere, symlinks out)."""
+        root = self.artifacts_root
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise StoreError(f"artifact path {relative!r} is outside the store's artifacts")
+        return path
+
     # ---- schema ----------------------------------------------------------------------------
     def _init_schema(self) -> None:
         with self.engine.begin() as conn:

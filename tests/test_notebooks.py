@@ -1,0 +1,39 @@
+"""Every notebook runs headless through `workbench run` with preset=ci and logs an ok run."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli_env, workbench_cmd
+from workbench.runs import RunStore
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Extra settings per notebook, beyond preset=ci, so each code path runs at least once.
+VARIANTS = {
+    "baseline": [{}, {"model": "mixer", "width": "32"}, {"model": "gpt", "dataset": "bytes",
+                                                          "width": "64", "depth": "2"}],
+}
+CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
+pytestmark = pytest.mark.notebook
+
+
+def test_every_notebook_is_covered():
+    assert NOTEBOOKS, "no notebooks found"
+    assert {nb.stem for nb in NOTEBOOKS} >= set(VARIANTS)
+
+
+@pytest.mark.parametrize("notebook, params", CASES,
+                         ids=[f"{nb.stem}-{'-'.join(p.values()) or 'default'}" for nb, p in CASES])
+def test_notebook_runs_with_ci_preset(notebook: Path, params: dict):
+    args = ["run", str(notebook), "-p", "preset", "ci", "--no-progress"]
+    for name, value in params.items():
+        args += ["-p", name, value]
+    result = subprocess.run(workbench_cmd(*args), capture_output=True, text=True, timeout=600,
+                            env=cli_env())
+    run_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, f"{notebook.name} failed:\n{result.stderr[-3000:]}"
+    record = RunStore().get(run_id)
+    assert record.status == "ok"
+    assert record.metrics, "the notebook logged no quality metrics"
+    assert record.cost.get("params", 0) > 0 and record.cost.get("latency_ms", 0) > 0
+    assert RunStore().artifact(record.output_notebook).exists()

@@ -1,0 +1,105 @@
+"""The train / evaluate loop: learning actually happens, determinism, metrics, NaN detection."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.data import load_dataset
+from workbench.models import build_model
+from workbench.train import TrainResult, evaluate, lr_factor, resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return load_dataset("synthetic", size="ci")
+
+
+@pytest.fixture(scope="module")
+def text():
+    return load_dataset("bytes", size="ci")
+
+
+def test_resolve_device():
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert str(resolve_device("auto")) == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_synthetic_mlp_learns(blobs):
+    model = build_model("mlp", blobs, width=32, depth=1, seed=0)
+    before = evaluate(model, blobs, "cpu")["accuracy"]
+    result = train(model, blobs, steps=100, lr=1e-2, device="cpu", progress=False, eval_every=50)
+    assert isinstance(result, TrainResult)
+    assert result.metrics["split"] == "test" and result.device == result.device_name == "cpu"
+    assert result.metrics["accuracy"] >= 0.85 > before + 0.3  # chance is 0.25, best ~0.95
+    assert [h["step"] for h in result.history] == list(range(1, 101))
+    assert "eval_accuracy" in result.history[49] and "eval_accuracy" not in result.history[50]
+    assert result.history[-1]["eval_accuracy"] == result.metrics["accuracy"]
+    assert result.wall_time_s > 0
+
+
+def test_digits_mlp_learns():
+    digits = load_dataset("digits", seed=0, size="ci")
+    model = build_model("mlp", digits, width=64, depth=1, seed=0)
+    result = train(model, digits, steps=100, lr=1e-2, device="cpu", progress=False)
+    assert result.metrics["accuracy"] >= 0.85  # chance is 0.1
+
+
+def test_training_is_deterministic(blobs):
+    runs = [
+        train(build_model("mlp", blobs, width=16, seed=0), blobs, steps=20, lr=1e-2,
+              device="cpu", progress=False, seed=5)
+        for _ in range(2)
+    ]
+    assert runs[0].history == runs[1].history
+    assert runs[0].metrics == runs[1].metrics
+
+
+def test_byte_lm_loss_decreases(text):
+    model = build_model("gpt", text, width=32, depth=1, n_head=2, seed=0)
+    before = evaluate(model, text, "cpu", batch_size=64, eval_batches=2)
+    assert before["loss"] == pytest.approx(math.log(256), abs=0.3)  # near-uniform at init
+    result = train(model, text, steps=40, lr=1e-2, batch_size=16, device="cpu",
+                   progress=False, eval_batches=2)
+    after = result.metrics
+    assert after["loss"] < before["loss"] - 1.5
+    assert after["bits_per_byte"] == pytest.approx(after["loss"] / math.log(2))
+    assert after["perplexity"] == pytest.approx(math.exp(after["loss"]))
+
+
+def test_evaluate_is_deterministic_and_restores_mode(text):
+    model = build_model("gpt", text, width=16, depth=1, n_head=2, seed=0, dropout=0.5).train()
+    a = evaluate(model, text, "cpu", batch_size=8, eval_batches=2)
+    b = evaluate(model, text, "cpu", batch_size=8, eval_batches=2)
+    assert a == b and a["split"] == "test" and model.training
+    on_train = evaluate(model, text, "cpu", split="train", batch_size=8, eval_batches=1)
+    assert on_train["split"] == "train"
+
+
+class NaNAfter(nn.Module):
+    """A classifier whose logits turn NaN from the ``n``-th forward call on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.calls, self.n = 0, n
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out * float("nan") if self.calls >= self.n else out
+
+
+def test_nan_loss_names_the_step(blobs):
+    with pytest.raises(FloatingPointError, match="at step 3 of 10"):
+        train(NaNAfter(3), blobs, steps=10, lr=1e-3, device="cpu", progress=False)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        train(nn.Linear(8, 4), load_dataset("synthetic", size="ci"), 1, 1e-3, schedule="step")
