@@ -107,6 +107,8 @@ def test_load_runs_and_column_helpers(store_path):
 
 
 def test_dashboard_on_a_seeded_store(store_path):
+    import panel as pn
+
     from workbench.app.dashboard import Dashboard, create_app
 
     dash = Dashboard(store=store_path)
@@ -127,6 +129,12 @@ def test_dashboard_on_a_seeded_store(store_path):
     fig = dash.plot.pane.object
     assert fig.layout.xaxis.type == "log" and "loss" in fig.layout.yaxis.title.text
     assert "loss" in dash.table.widget.value.columns
+
+    # Reload picks up a run written after the dashboard opened.
+    RunStore(store_path).add(RunRecord(method="gmp", metrics={"loss": 0.2}, cost={"params": 9.0}))
+    (button,) = dash.sidebar.select(pn.widgets.Button)
+    button.param.trigger("value")  # what a click in the browser does
+    assert len(e.runs) == 7 and points() == 3
     assert create_app(store_path) is not None
 
 

@@ -57,7 +57,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def served_store(tmp_path):
-    """(url, plotted run ids): a seeded store served by ``workbench.app.serve`` in a subprocess."""
+    """(url, store path, plotted run ids): a seeded store served by ``workbench.app.serve`` in a subprocess."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium')")
     store, port = tmp_path / "runs.sqlite", free_port()
@@ -81,7 +81,7 @@ def served_store(tmp_path):
                 log.seek(0)
                 pytest.fail(f"dashboard server did not come up at {url}:\n{log.read()}")
             time.sleep(0.25)
-        yield url, ids
+        yield url, store, ids
     finally:
         server.terminate()
         try:
@@ -94,7 +94,7 @@ def served_store(tmp_path):
 def test_dashboard_shows_the_seeded_runs(served_store):
     from playwright.sync_api import expect, sync_playwright
 
-    url, ids = served_store
+    url, store, ids = served_store
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -131,6 +131,13 @@ def test_dashboard_shows_the_seeded_runs(served_store):
             page.wait_for_timeout(500)  # let Plotly finish its transition before the picture
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            # A run logged while the page is open appears after "Reload runs".
+            RunStore(store).add(RunRecord(method="dense", model="mlp-256", dataset="mnist1d",
+                                          metrics={"accuracy": 0.93, "loss": 0.25},
+                                          cost={"flops_per_sample": 4.2e6}))
+            page.get_by_role("button", name="Reload runs").click()
+            expect(points).to_have_count(len(ids) + 1)
             assert not errors, errors
         finally:
             browser.close()
