@@ -33,9 +33,9 @@ chromium:
 # succeeded in the store are skipped, so a second `make demo` starts serving at once.
 sweep: setup
 	$(PY) -m workbench.cli sweep notebooks/baseline.ipynb --skip-existing \
-	  -p dataset mnist1d -g model mlp,mixer -g width 32,64,128 -p preset ci
+	  -p dataset mnist1d -p steps 1000 -g model mlp -g width 32,64,128,256,512
 	$(PY) -m workbench.cli sweep notebooks/baseline.ipynb --skip-existing \
-	  -p dataset bytes -p model gpt -p depth 2 -g width 32,64 -p preset ci
+	  -p dataset mnist1d -p steps 1000 -g model mixer -g width 16,32,64
 
 serve: setup
 	$(PY) -m workbench.cli serve --address $(ADDRESS) --port $(PORT)
