@@ -28,6 +28,10 @@ def test_ok_run_writes_record_and_output_notebook():
                                  "mode": "slow", "fail": False, "die": False}
     assert record.metrics == {"accuracy": 1.5, "split": "test"}
     assert record.torch_version and record.device and record.duration_s > 0
+    variant = [r for r in RunStore().records() if r.method == "tiny-dense"]
+    assert len(variant) == 1 and variant[0].parameters["parent_run"] == run_id
+    assert variant[0].parameters["variant"] == "dense" and variant[0].cost == {"params": 30}
+    assert variant[0].output_notebook == record.output_notebook
     out = nbformat.read(RunStore().artifact(record.output_notebook), as_version=4)
     printed = [o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs]
     assert "finished a False slow\n" in printed
@@ -79,7 +83,7 @@ def test_runs_list_show_export(tmp_path):
     assert run_cli("run", TINY, "--no-progress").returncode == 0
     assert run_cli("run", TINY, "-p", "fail", "true", "--no-progress").returncode == 1
     listing = run_cli("runs", "list").stdout
-    assert listing.count("tiny") == 2 and "failed" in listing and "accuracy=0.5" in listing
+    assert listing.count("tiny ") == 2 and listing.count("tiny-dense") == 2 and "failed" in listing and "accuracy=0.5" in listing
     run_id = RunStore().frame()["run_id"].iloc[0]
     shown = json.loads(run_cli("runs", "show", run_id).stdout)
     assert shown["run_id"] == run_id
@@ -89,16 +93,16 @@ def test_runs_list_show_export(tmp_path):
         assert run_cli("runs", "export", "--format", fmt, "-o", str(out)).returncode == 0
         import pandas as pd
         frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
-        assert sorted(frame["status"]) == ["failed", "ok"]
+        assert sorted(frame["status"]) == ["failed", "ok", "ok", "ok"]
 
 
 def test_sweep_runs_grid_and_skips_existing():
     result = run_cli("sweep", TINY, "-g", "x", "1,2", "-p", "mode", "slow", "--skip-existing")
     assert result.returncode == 0, result.stderr
-    assert sorted(r.parameters["x"] for r in RunStore().records()) == [1, 2]
+    assert sorted(r.parameters["x"] for r in RunStore().records(method="tiny")) == [1, 2]
     again = run_cli("sweep", TINY, "-g", "x", "1,2,3", "-p", "mode", "slow", "--skip-existing")
     assert again.returncode == 0 and again.stderr.count("already done") == 2
-    assert sorted(r.parameters["x"] for r in RunStore().records()) == [1, 2, 3]
+    assert sorted(r.parameters["x"] for r in RunStore().records(method="tiny")) == [1, 2, 3]
 
 
 def test_sweep_checks_every_setting_first():

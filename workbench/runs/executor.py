@@ -77,12 +77,27 @@ def _papermill(notebook: Path, output: Path, values: dict, kernel: str,
 
 
 def _finish(record: RunRecord, folder: Path, output: Path, store: RunStore) -> None:
-    """Fold the notebook's logged results into the record and store it."""
+    """Fold the notebook's logged results into the record (and its variants) and store them."""
     try:
         results = read_results(folder / RESULTS_FILE)
     except ValueError as exc:
         results = {}
         record.status, record.error = "failed", (record.error or "") + f"; {exc}"
+    _apply(record, results, store)
+    if output.exists():
+        record.output_notebook = store.relative_artifact(output)
+    elif record.status == "ok":
+        record.status, record.error = "failed", "papermill wrote no output notebook"
+    store.add(record)
+    for variant in results.get("variants", []):
+        child = RunRecord(method=variant["method"], notebook=record.notebook,
+                          parameters={**record.parameters, "parent_run": record.run_id},
+                          seed=record.seed, output_notebook=record.output_notebook)
+        _apply(child, variant, store)
+        store.add(child)
+
+
+def _apply(record: RunRecord, results: dict, store: RunStore) -> None:
     for key in ("model", "dataset", "device"):
         if results.get(key):
             setattr(record, key, str(results[key]))
@@ -98,11 +113,6 @@ def _finish(record: RunRecord, folder: Path, output: Path, store: RunStore) -> N
     env = environment_info()
     record.device = record.device or env["device"]
     record.torch_version, record.git_commit = env["torch_version"], env["git_commit"]
-    if output.exists():
-        record.output_notebook = store.relative_artifact(output)
-    elif record.status == "ok":
-        record.status, record.error = "failed", "papermill wrote no output notebook"
-    store.add(record)
 
 
 def _describe(exc: BaseException) -> str:

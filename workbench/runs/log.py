@@ -76,6 +76,34 @@ def log_results(*, method: str | None = None, model: str | None = None,
     return {**update, "run_id": record.run_id}
 
 
+def log_variant(*, method: str, model: str | None = None, dataset: str | None = None,
+                seed: int | None = None, metrics: dict[str, Any] | None = None,
+                cost: dict[str, Any] | None = None, artifacts: dict[str, str] | None = None,
+                parameters: dict[str, Any] | None = None, device: str | None = None,
+                standalone: bool | None = None) -> dict[str, Any]:
+    """Record one more trained model of this run (e.g. the dense reference beside a Monarch
+    model), measured side by side. Under the runner each variant becomes a run record of its
+    own, with the notebook's parameters, ``parameters`` on top and ``parent_run`` set to this
+    run's id; run by hand it is written to the store at once."""
+    variant = {k: v for k, v in dict(method=method, model=model, dataset=dataset, seed=seed,
+                                     device=device).items() if v is not None}
+    for name, group in zip(_GROUPS, (metrics, cost, artifacts, parameters)):
+        variant[name] = {k: _plain(v) for k, v in (group or {}).items()}
+    folder = run_dir()
+    if standalone is None:
+        standalone = folder is None
+    if standalone:
+        return log_results(**{k: variant.get(k) for k in (
+            "method", "model", "dataset", "seed", "device", *_GROUPS)}, standalone=True)
+    path = folder / RESULTS_FILE
+    merged = read_results(path)
+    merged.setdefault("variants", []).append(variant)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1, allow_nan=True))
+    tmp.replace(path)
+    return variant
+
+
 def read_results(path: Path) -> dict[str, Any]:
     """The results logged so far ({} when none)."""
     if not path.exists():
