@@ -45,8 +45,13 @@ def _is_type(module: nn.Module, types: Sequence[type | str]) -> bool:
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as (out, in), whatever the storage; a view (no copy) for Conv1D."""
-    return module.weight.T if _is_type(module, (CONV1D,)) else module.weight
+    """The weight as (out, in), whatever the storage; a view (no copy) for Conv1D, and
+    ``to_dense()`` for structured layers that store factors instead of a weight."""
+    if _is_type(module, (CONV1D,)):
+        return module.weight.T
+    if not hasattr(module, "weight") and hasattr(module, "to_dense"):
+        return module.to_dense()
+    return module.weight
 
 
 def linear_bias(module: nn.Module) -> torch.Tensor | None:
@@ -56,6 +61,9 @@ def linear_bias(module: nn.Module) -> torch.Tensor | None:
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features)."""
+    if isinstance(getattr(module, "in_features", None), int) and \
+            isinstance(getattr(module, "out_features", None), int):
+        return module.out_features, module.in_features
     out_features, in_features = linear_weight(module).shape
     return int(out_features), int(in_features)
 
