@@ -1,0 +1,60 @@
+"""Helpers that keep notebooks short: train one model variant, measure it, tabulate variants.
+
+``measure_variant(name, model, data, ...)`` trains ``model`` with :func:`workbench.train.train`,
+evaluates it, runs the cost meter on a real input batch and returns a flat dict (one table row).
+``compare(rows, reference="dense")`` adds ratios against the reference row, side by side.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import measure_cost
+from .data import Dataset
+from .train import resolve_device, train
+
+# Quality metric per task, and whether higher is better.
+QUALITY = {"classification": ("accuracy", True), "lm": ("bits_per_byte", False)}
+PATTERNS = {"ffn": r"re:mlp\.(fc|proj)$", "all": None}
+
+
+def example_batch(data: Dataset, batch_size: int, device: torch.device) -> torch.Tensor:
+    """A held-out input batch: (B, input_dim) features or (B, block_size) byte windows."""
+    if data.task == "lm":
+        tokens = data.x_test[: batch_size * data.block_size].long()
+        return tokens.view(-1, data.block_size)[:batch_size].to(device)
+    return data.x_test[:batch_size].to(device)
+
+
+def measure_variant(name: str, model: nn.Module, data: Dataset, *, steps: int, lr: float,
+                    batch_size: int, device: str = "auto", seed: int = 0, repeats: int = 20,
+                    progress: bool = True, **train_options: Any) -> dict[str, Any]:
+    """Train, evaluate and cost one model; returns a row with metrics, cost and wall time."""
+    dev = resolve_device(device)
+    result = train(model, data, steps=steps, lr=lr, batch_size=batch_size, device=dev,
+                   seed=seed, progress=progress, **train_options)
+    cost = measure_cost(model, example_batch(data, batch_size, dev), repeats=repeats)
+    cost["train_time_s"] = result.wall_time_s
+    cost["train_step_ms"] = 1e3 * result.wall_time_s / max(steps, 1)
+    return {"variant": name, "metrics": result.metrics, "cost": cost,
+            "history": result.history}
+
+
+def compare(rows: list[dict[str, Any]], task: str, reference: str = "dense"):
+    """A pandas table of variants with quality, cost and ratios against ``reference``."""
+    import pandas as pd
+    metric, _ = QUALITY[task]
+    table = pd.DataFrame([{
+        "variant": r["variant"], metric: r["metrics"][metric],
+        "params": r["cost"]["params"], "flops_per_sample": r["cost"]["flops_per_sample"],
+        "train_time_s": r["cost"]["train_time_s"], "latency_ms": r["cost"]["latency_ms"],
+    } for r in rows]).set_index("variant")
+    if reference in table.index:
+        ref = table.loc[reference]
+        table["flop_ratio"] = ref["flops_per_sample"] / table["flops_per_sample"]
+        table["train_speedup"] = ref["train_time_s"] / table["train_time_s"]
+        table["latency_speedup"] = ref["latency_ms"] / table["latency_ms"]
+        table[f"{metric}_change"] = table[metric] - ref[metric]
+    return table
