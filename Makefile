@@ -36,6 +36,8 @@ sweep: setup
 	  -p dataset mnist1d -p steps 1000 -g model mlp -g width 32,64,128,256,512
 	$(PY) -m workbench.cli sweep notebooks/baseline.ipynb --skip-existing \
 	  -p dataset mnist1d -p steps 1000 -g model mixer -g width 16,32,64
+	$(PY) -m workbench.cli sweep notebooks/monarch_train.ipynb --skip-existing \
+	  -p model mixer -p dataset mnist1d -p steps 1000 -p width 64 -p nblocks "[4,16]"
 
 serve: setup
 	$(PY) -m workbench.cli serve --address $(ADDRESS) --port $(PORT)

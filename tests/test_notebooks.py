@@ -12,7 +12,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 VARIANTS = {
     "baseline": [{}, {"model": "mixer", "width": "32"}, {"model": "gpt", "dataset": "bytes",
                                                           "width": "64", "depth": "2"}],
+    "monarch_train": [{}, {"model": "gpt", "dataset": "bytes", "nblocks": "[4]"}],
+    "monarch_finetune": [{"nblocks": "[4]"}],
 }
+# How many run records one execution writes (the main run plus its logged variants).
+RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]"))),
+           "monarch_finetune": lambda p: 1 + 2 * len(eval(p["nblocks"])),
+           "monarch_reverse": lambda p: 3}
 CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
 pytestmark = pytest.mark.notebook
 
@@ -37,3 +43,7 @@ def test_notebook_runs_with_ci_preset(notebook: Path, params: dict):
     assert record.metrics, "the notebook logged no quality metrics"
     assert record.cost.get("params", 0) > 0 and record.cost.get("latency_ms", 0) > 0
     assert RunStore().artifact(record.output_notebook).exists()
+    expected = RECORDS.get(notebook.stem, lambda p: 1)(params)
+    records = list(RunStore().records())
+    assert len(records) == expected
+    assert all(r.status == "ok" and r.cost.get("flops_per_sample", 0) > 0 for r in records)

@@ -33,13 +33,32 @@ def measure_variant(name: str, model: nn.Module, data: Dataset, *, steps: int, l
                     progress: bool = True, **train_options: Any) -> dict[str, Any]:
     """Train, evaluate and cost one model; returns a row with metrics, cost and wall time."""
     dev = resolve_device(device)
+    warm_up(model, data, batch_size, dev)
     result = train(model, data, steps=steps, lr=lr, batch_size=batch_size, device=dev,
                    seed=seed, progress=progress, **train_options)
-    cost = measure_cost(model, example_batch(data, batch_size, dev), repeats=repeats)
-    cost["train_time_s"] = result.wall_time_s
-    cost["train_step_ms"] = 1e3 * result.wall_time_s / max(steps, 1)
-    return {"variant": name, "metrics": result.metrics, "cost": cost,
-            "history": result.history}
+    return measure_trained(name, model, data, result.metrics, result.history,
+                           result.wall_time_s, steps, batch_size, dev, repeats)
+
+
+def measure_trained(name: str, model: nn.Module, data: Dataset, metrics: dict[str, Any],
+                    history: list[dict], train_time_s: float, steps: int, batch_size: int,
+                    device: torch.device, repeats: int = 20) -> dict[str, Any]:
+    """The table row of a model already trained (e.g. in several phases)."""
+    cost = measure_cost(model, example_batch(data, batch_size, device), repeats=repeats)
+    cost["train_time_s"] = train_time_s
+    cost["train_step_ms"] = 1e3 * train_time_s / max(steps, 1)
+    return {"variant": name, "metrics": metrics, "cost": cost, "history": history}
+
+
+def warm_up(model: nn.Module, data: Dataset, batch_size: int, device: torch.device) -> None:
+    """One forward and backward pass, gradients discarded, so one-time costs (allocator,
+    thread pools, kernel selection) do not land in the first variant's timing."""
+    model.to(device).train()
+    x, y = data.to(device).get_batch("train", batch_size, torch.Generator().manual_seed(0))
+    logits = model(x)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                      y.reshape(-1)).backward()
+    model.zero_grad(set_to_none=True)
 
 
 def compare(rows: list[dict[str, Any]], task: str, reference: str = "dense"):
