@@ -10,9 +10,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
+from torch import nn
 
-from workbench.runs.record import RunRecord
+from workbench.checkpoint import save_checkpoint
+from workbench.methods import apply_method
+from workbench.runs.record import RunRecord, new_run_id
 from workbench.runs.store import RunStore
 
 pytestmark = pytest.mark.browser
@@ -30,21 +34,40 @@ TEST_RUNS = [
     ("monarch", {"nblocks": 16}, 0.874, 0.398, 2.90e5, 0.62),
     ("monarch", {"nblocks": 8}, 0.866, 0.425, 4.10e5, None),  # dominated by nblocks=16
 ]
+WITH_ARTIFACTS = 3  # the run (index in TEST_RUNS) saved with a checkpoint and output notebook
+
+
+def save_artifacts(store: RunStore, run_id: str, nblocks: int) -> dict:
+    """A real Monarch checkpoint and a one-cell output notebook in the run's folder."""
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+    apply_method("monarch", model, nblocks=nblocks)
+    save_checkpoint(model, store.run_dir(run_id) / "model.pt")
+    figure = {"data": [{"type": "bar", "x": ["dense", "monarch"], "y": [0.91, 0.9]}]}
+    cell = nbformat.v4.new_code_cell("fig", outputs=[nbformat.v4.new_output(
+        "display_data", data={"application/vnd.plotly.v1+json": figure})])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Monarch on mnist1d"),
+                                         cell])
+    nbformat.write(nb, store.run_dir(run_id) / "output.ipynb")
+    return {"artifacts": {"checkpoint": f"{run_id}/model.pt"},
+            "output_notebook": f"{run_id}/output.ipynb"}
 
 
 def seed_store(path: Path) -> list[str]:
-    """Write TEST_RUNS plus one failed run (no metrics, so not plotted); returns plotted ids."""
+    """Write TEST_RUNS plus one failed run (no metrics, so not plotted); returns plotted ids.
+    TEST_RUNS[WITH_ARTIFACTS] has a checkpoint and an output notebook."""
     store = RunStore(path)
     ids = []
     for i, (method, params, acc, loss, flops, latency) in enumerate(TEST_RUNS):
         cost = {"flops_per_sample": flops, "params": int(flops / 2), "peak_memory_mb": 40 + i}
         if latency is not None:
             cost["latency_ms"] = latency
+        run_id = new_run_id()
+        files = save_artifacts(store, run_id, params["nblocks"]) if i == WITH_ARTIFACTS else {}
         ids.append(store.add(RunRecord(
-            method=method, notebook=f"notebooks/{method}.ipynb", model="mlp-256",
+            run_id=run_id, method=method, notebook=f"notebooks/{method}.ipynb", model="mlp-256",
             dataset="mnist1d", device="cpu", seed=i, duration_s=12.0 + i,
             parameters={"preset": "ci", **params}, cost=cost,
-            metrics={"accuracy": acc, "loss": loss, "split": "test"})))
+            metrics={"accuracy": acc, "loss": loss, "split": "test"}, **files)))
     store.add(RunRecord(method="gmp", status="failed", error="RuntimeError: test failure"))
     return ids
 
@@ -55,11 +78,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def served_store(tmp_path):
-    """(url, store path, plotted run ids): a seeded store served by ``workbench.app.serve`` in a subprocess."""
+@pytest.fixture(scope="module")
+def served_store(tmp_path_factory):
+    """(url, store path, plotted run ids): a seeded store served by ``workbench.app.serve`` in a
+    subprocess, shared by this module's tests (each opens its own page, so its own session)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium')")
+    tmp_path = tmp_path_factory.mktemp("served")
     store, port = tmp_path / "runs.sqlite", free_port()
     ids = seed_store(store)
     log = open(tmp_path / "server.log", "w+")
@@ -138,6 +163,49 @@ def test_dashboard_shows_the_seeded_runs(served_store):
                                           cost={"flops_per_sample": 4.2e6}))
             page.get_by_role("button", name="Reload runs").click()
             expect(points).to_have_count(len(ids) + 1)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_clicking_a_point_or_a_row_opens_the_run_detail(served_store):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store, ids = served_store
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            # Tall, so the screenshot shows the whole detail (the template scrolls inside).
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            points = page.locator(POINTS)
+            expect(points.first).to_be_visible(timeout=20_000)
+
+            # A click on a point (Plotly listens on its drag layer, so click by position).
+            box = points.first.bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            header = page.locator("h2:has-text('Run ')")
+            expect(header).to_be_visible(timeout=10_000)
+            assert header.locator("code").inner_text() in ids
+
+            # A row of the runs table: the Monarch run with a checkpoint and a notebook.
+            page.locator(".bk-tab", has_text="Runs").click()
+            page.locator(".tabulator-row", has_text=ids[WITH_ARTIFACTS]).first.click()
+            expect(header.locator("code")).to_have_text(ids[WITH_ARTIFACTS], timeout=10_000)
+            layer = page.locator("select:has(option:has-text('Monarch 64×32, nblocks=4'))")
+            expect(layer).to_be_visible()
+            figures = page.locator(".js-plotly-plot")
+            expect(figures).to_have_count(4, timeout=10_000)  # factors, weight, spectra, P1
+            page.wait_for_timeout(500)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "run_detail.png"), full_page=True)
+
+            page.locator(".bk-tab", has_text="Output notebook").click()
+            notebook = page.frame_locator("iframe[title='output notebook']")
+            expect(notebook.get_by_text("Monarch on mnist1d")).to_be_visible(timeout=10_000)
+            expect(notebook.locator(".js-plotly-plot .point")).to_have_count(2)  # the bars
             assert not errors, errors
         finally:
             browser.close()

@@ -1,4 +1,4 @@
-"""The Panel dashboard: runs explorer and Pareto fronts over the run store.
+"""The Panel dashboard: runs explorer, Pareto fronts and run detail over the run store.
 
 ``create_app(store)`` builds one session's app; ``serve(store, address, port)`` serves it;
 ``pareto_figure`` and ``pareto_front`` also work on their own in a notebook.

@@ -1,9 +1,10 @@
-"""The dashboard: a runs explorer with a Pareto plot and a runs table.
+"""The dashboard: a runs explorer with a Pareto plot and a runs table, plus a run detail tab.
 
 State lives in one ``RunsExplorer`` (a ``param.Parameterized``) per session; the views are
 ``pn.viewable.Viewer`` components that bind to its parameters. ``create_app(store)`` builds a
 fresh template for each browser session, so nothing is shared between sessions but the cached
-runs frame.
+runs frame. Clicking a point in the plot or a row of the table opens that run in the "Run detail"
+tab (``workbench.app.detail.RunDetail``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bokeh.models.widgets.tables import NumberFormatter
 from panel.viewable import Viewer
 
 from .data import column_label, cost_columns, load_runs, quality_columns
+from .detail import RunDetail
 from .pareto import pareto_figure
 from workbench.runs.store import resolve_store_url
 
@@ -148,7 +150,7 @@ class RunsTable(Viewer):
         rows = pn.bind(table_frame, e.param.filtered, e.param.quality, e.param.cost)
         self.widget = pn.widgets.Tabulator(
             rows, pagination="remote", page_size=self.page_size, show_index=False,
-            disabled=True, sizing_mode="stretch_width", layout="fit_data_stretch",
+            disabled=True, selectable=1, sizing_mode="stretch_width", layout="fit_data_stretch",
             formatters=pn.bind(number_formats, e.param.runs), frozen_columns=["run_id"],
             widths={"error": 220}, configuration={"columnDefaults": {"tooltip": True}})
 
@@ -157,7 +159,8 @@ class RunsTable(Viewer):
 
 
 class Dashboard(Viewer):
-    """Sidebar controls plus the Pareto plot and runs table over one run store."""
+    """Sidebar controls plus two tabs over one run store: "Runs" (Pareto plot and runs table)
+    and "Run detail" (the run last clicked in either)."""
 
     def __init__(self, store=None, **params):
         super().__init__(**params)
@@ -165,8 +168,30 @@ class Dashboard(Viewer):
         self.explorer.load()
         self.plot = ParetoPlot(explorer=self.explorer)
         self.table = RunsTable(explorer=self.explorer)
+        self.detail = RunDetail(store=self.explorer.store)
         self.sidebar = self._controls()
         self.main = self._content()
+        self.tabs = pn.Tabs(("Runs", self.main), ("Run detail", self.detail), dynamic=True,
+                            sizing_mode="stretch_width")
+        pn.bind(self._on_point_click, self.plot.pane.param.click_data, watch=True)
+        pn.bind(self._on_row_select, self.table.widget.param.selection, watch=True)
+
+    def show_run(self, run_id: str) -> None:
+        """Open ``run_id`` in the "Run detail" tab."""
+        self.detail.run_id = str(run_id)
+        self.tabs.active = 1
+
+    def _on_point_click(self, click_data) -> None:
+        points = (click_data or {}).get("points") or []
+        custom = points[0].get("customdata") if points else None
+        if custom:
+            self.show_run(custom[0])
+            self.plot.pane.click_data = None  # so a second click on the same point fires too
+
+    def _on_row_select(self, selection) -> None:
+        rows = self.table.widget.selected_dataframe if selection else None
+        if rows is not None and len(rows):
+            self.show_run(rows["run_id"].iloc[0])
 
     def _controls(self) -> pn.Column:
         e = self.explorer
@@ -196,19 +221,20 @@ class Dashboard(Viewer):
             pn.pane.Alert(pn.bind(lambda n: f"{n} record(s) could not be read; they are listed "
                                   "in the table with status *corrupt* and their error.", n_corrupt),
                           alert_type="warning", visible=pn.bind(bool, n_corrupt)),
-            pn.Card(self.plot, title="Pareto front", collapsible=False,
-                    sizing_mode="stretch_width", visible=pn.bind(lambda x: not x, empty)),
-            pn.Card(self.table, title="Runs", collapsible=False, sizing_mode="stretch_width",
+            pn.Card(self.plot, title="Pareto front · click a point to open its run",
+                    collapsible=False, sizing_mode="stretch_width",
                     visible=pn.bind(lambda x: not x, empty)),
+            pn.Card(self.table, title="Runs · click a row to open it", collapsible=False,
+                    sizing_mode="stretch_width", visible=pn.bind(lambda x: not x, empty)),
             sizing_mode="stretch_width")
 
     def __panel__(self):
-        return pn.Row(pn.Column(self.sidebar, width=300), self.main, sizing_mode="stretch_width")
+        return pn.Row(pn.Column(self.sidebar, width=300), self.tabs, sizing_mode="stretch_width")
 
     def template(self) -> pn.template.FastListTemplate:
-        """The full page: title bar, sidebar of controls, plot and table."""
+        """The full page: title bar, sidebar of controls, the runs and run detail tabs."""
         return pn.template.FastListTemplate(
-            title=TITLE, sidebar=[self.sidebar], main=[self.main], sidebar_width=320,
+            title=TITLE, sidebar=[self.sidebar], main=[self.tabs], sidebar_width=320,
             accent="#3b6ea8", main_layout=None)
 
 
