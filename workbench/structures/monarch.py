@@ -35,11 +35,15 @@ class MonarchLinear(nn.Module):
     ``init``: ``"variance_matched"`` (default) gives the output the same variance as
     ``nn.Linear``'s default init for unit-variance inputs (1/3); ``"reference"`` is the public
     reference code's ``U(±1/√fan_in)`` per factor, which starts about √3 times quieter.
+    ``impl``: how forward multiplies, see ``monarch_kernels.resolve_impl``: ``"auto"`` (default:
+    the Triton kernels for bf16/fp16 CUDA inputs, else ``"plain"``), ``"plain"`` (two bmm with
+    permutation copies), ``"torch"`` or ``"triton"`` (the permutation-free plan).
     Input (..., in_features) -> output (..., out_features).
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int | str = 4,
-                 bias: bool = True, init: str = "variance_matched", device=None, dtype=None):
+                 bias: bool = True, init: str = "variance_matched", device=None, dtype=None,
+                 impl: str = "auto"):
         super().__init__()
         if nblocks == "sqrt":
             nblocks = max(1, round(math.sqrt(max(in_features, out_features))))
@@ -49,6 +53,9 @@ class MonarchLinear(nn.Module):
                 raise ValueError(f"MonarchLinear: {name} must be a positive int, got {value!r}")
         if init not in INITS:
             raise ValueError(f"MonarchLinear: init must be one of {INITS}, got {init!r}")
+        from .monarch_kernels import IMPLS
+        if impl not in IMPLS:
+            raise ValueError(f"MonarchLinear: impl must be one of {IMPLS}, got {impl!r}")
         self.in_features, self.out_features, self.nblocks = in_features, out_features, nblocks
         self.in_block = math.ceil(in_features / nblocks)     # p
         self.out_block = math.ceil(out_features / nblocks)   # s
@@ -59,6 +66,7 @@ class MonarchLinear(nn.Module):
         self.w2 = nn.Parameter(torch.empty(b, s, q, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.init = init
+        self.impl = impl
         self.reset_parameters()
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -97,7 +105,9 @@ class MonarchLinear(nn.Module):
             raise ValueError(f"MonarchLinear expects (..., {self.in_features}) inputs, "
                              f"got {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = monarch_multiply(x.reshape(-1, self.in_features), self.w1, self.w2, self.out_features)
+        from .monarch_kernels import monarch_multiply_fast
+        y = monarch_multiply_fast(x.reshape(-1, self.in_features), self.w1, self.w2,
+                                  self.out_features, impl=self.impl)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -1,0 +1,207 @@
+"""Time ``MonarchLinear.from_dense`` (dense -> optimal Monarch) and its error against the optimum.
+
+    PYTHONPATH=. python benchmarks/monarch_projection.py \
+        --out benchmarks/results/monarch_projection_h200.json
+    PYTHONPATH=. python benchmarks/monarch_projection.py --quick   # CPU, n=1024
+    PYTHONPATH=. python benchmarks/monarch_projection.py --minilm  # CPU: MiniLM-shaped layers
+
+GPU: a 4096x4096 float32 weight, Gaussian and with a power-law spectrum (σ_i ∝ i^-1), at
+nblocks 4 (rank 256 of each 1024x1024 sub-block) and 64 (rank 1 of each 64x64 sub-block).
+Each case reports the median wall time of ``from_dense`` (synchronised, after warm-up; the fit
+report's host syncs included) and ``(‖W − M‖² − opt) / opt`` with ``M = layer.to_dense()`` and
+``opt`` the sum of the discarded squared singular values (float64 SVD, untimed): the residual
+``method="exact"`` attains (Eckart–Young per sub-block).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.monarch import environment  # noqa: E402
+from workbench.structures import MonarchLinear  # noqa: E402
+from workbench.structures.monarch_fit import sub_block_ranks, sub_blocks  # noqa: E402
+
+TARGET_MS, TARGET_EXCESS, TARGET_MINILM_S = 20.0, 1e-4, 1.0
+
+
+def timed(fn, device, repeats=5, warmup=2):
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return out, {"median_ms": statistics.median(times), "min_ms": min(times),
+                 "max_ms": max(times), "repeats": repeats}
+
+
+def test_matrix(kind: str, n: int, device, seed=0) -> torch.Tensor:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if kind == "gaussian":
+        return torch.randn(n, n, device=device, generator=gen) / n ** 0.5
+    u = torch.linalg.qr(torch.randn(n, n, device=device, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(n, n, device=device, generator=gen)).Q
+    sigma = torch.arange(1, n + 1, device=device, dtype=torch.float32).reciprocal()
+    return (u * sigma) @ v.T
+
+
+def optimum(weight: torch.Tensor, b: int) -> tuple[float, float]:
+    """(optimal squared residual, ‖W‖²) in float64 from per-sub-block singular values."""
+    out, inp = weight.shape
+    p, s = -(-inp // b), -(-out // b)
+    blocks = sub_blocks(weight.double().cpu(), b).reshape(b * b, s, p)
+    ranks = sub_block_ranks(b, min(p, s)).reshape(-1)
+    sv = torch.linalg.svdvals(blocks)
+    keep = torch.arange(sv.shape[-1]) < ranks[:, None]
+    total = float(blocks.square().sum())
+    return total - float((sv.square() * keep).sum()), total
+
+
+def measure(weight, b, device, **kwargs) -> dict:
+    opt, total = optimum(weight, b)
+    layer, t = timed(lambda: MonarchLinear.from_dense(weight, b, **kwargs), device)
+    dense = MonarchLinear(weight.shape[1], weight.shape[0], b, bias=False, dtype=torch.float64,
+                          device=weight.device, impl="plain")
+    dense.load_state_dict({"w1": layer.w1.double(), "w2": layer.w2.double()})
+    res = float((weight.double() - dense.to_dense()).square().sum())
+    return {"nblocks": b, "shape": list(weight.shape), "kwargs": {k: str(v) for k, v in
+                                                                    kwargs.items()},
+            "time": t, "residual_sq": res, "optimum_residual_sq": opt, "norm_sq": total,
+            "relative_excess": (res - opt) / opt if opt > 0 else res,
+            "fit_report_relative_error": layer.fit.relative_error,
+            "targets": {"time_le_20ms": t["median_ms"] <= TARGET_MS,
+                        "excess_le_1e-4": (res - opt) <= TARGET_EXCESS * opt}}
+
+
+def variants(weight, device) -> list:
+    """topk_svd alone on the nblocks=4 sub-blocks: subspace width, orthonormalisation, and the
+    batched eigh the Rayleigh-Ritz step needs."""
+    from workbench.structures.topk_svd import topk_svd
+    b = 4
+    n = weight.shape[0]
+    blocks = sub_blocks(weight, b).reshape(b * b, n // b, n // b).contiguous()
+    k = n // b // b
+    opt = float(torch.linalg.svdvals(blocks.double().cpu())[:, k:].square().sum())
+    out = []
+    for name, kw in (("fast w=k+k/2", {}), ("fast w=k+k/2 tol=1e-4", {"tol": 1e-4}),
+                     ("fast w=k+k/4 tol=1e-4", {"tol": 1e-4, "oversample": k // 4}),
+                     ("fast w=2k tol=1e-4", {"oversample": k, "tol": 1e-4}),
+                     ("fast w=k+k/2 6 iters", {"max_iters": 6}),
+                     ("householder w=k+8 (<=20 iters)", {"variant": "householder",
+                                                         "max_iters": 20})):
+        (u, s, v), t = timed(lambda: topk_svd(blocks, k, method="randomized", **kw), device,
+                             repeats=3, warmup=1)
+        res = float((blocks.double() - (u * s.unsqueeze(-2)).double() @ v.double().mT)
+                    .square().sum())
+        out.append({"name": name, "time": t, "relative_excess": (res - opt) / opt})
+        print(f"topk_svd {name:<32} {t['median_ms']:9.2f} ms  excess {(res - opt) / opt:.2e}")
+    g = torch.randn(b * b, 384, 384, device=device)
+    g = g @ g.mT
+    tall = torch.randn(b * b, 1024, 384, device=device)
+    micro = {"torch.linalg.eigh (16,384,384)": lambda: torch.linalg.eigh(g),
+             "eigh on the host CPU (16,384,384) incl. copies": lambda: torch.linalg.eigh(
+                 g.cpu()),
+             "cholesky_ex (16,384,384)": lambda: torch.linalg.cholesky_ex(g),
+             "solve_triangular (16,384,384)": lambda: torch.linalg.solve_triangular(
+                 g, g, upper=False),
+             "bmm (16,1024,1024)@(16,1024,384)": lambda: blocks @ tall,
+             "svd gesvda (16,1024,384)": lambda: torch.linalg.svd(
+                 tall, full_matrices=False, driver="gesvda"),
+             "svd gesvda (16,1024,1024)": lambda: torch.linalg.svd(
+                 blocks, full_matrices=False, driver="gesvda")}
+    try:
+        import cupy
+        cg = cupy.from_dlpack(g)
+        micro["cupy.linalg.eigh (16,384,384)"] = lambda: cupy.linalg.eigh(cg)
+    except Exception as exc:  # cupy is optional
+        print("cupy:", repr(exc)[:200])
+    for name, fn in micro.items():
+        try:
+            _, t = timed(fn, device, repeats=3, warmup=1)
+        except Exception as exc:
+            print(name, repr(exc)[:200])
+            continue
+        out.append({"name": name, "time": t})
+        print(f"{name:<40} {t['median_ms']:9.3f} ms")
+    try:
+        sv = torch.linalg.svd(blocks, full_matrices=False, driver="gesvda")
+        res = float((blocks.double() - (sv.U[..., :k] * sv.S[:, None, :k]).double()
+                     @ sv.Vh[:, :k].double()).square().sum())
+        out.append({"name": "gesvda top-k excess", "relative_excess": (res - opt) / opt})
+        print(f"gesvda top-k excess {(res - opt) / opt:.2e}")
+    except Exception as exc:
+        print("gesvda", repr(exc)[:200])
+    return out
+
+
+def minilm(device) -> dict:
+    """Project every linear layer of a MiniLM-shaped encoder (6 layers; q, k, v, o 384x384,
+    FFN 1536x384 and 384x1536) with the default method (exact on the CPU)."""
+    torch.manual_seed(0)
+    shapes = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]
+    weights = [torch.randn(o, i, device=device) / i ** 0.5 for _ in range(6) for o, i in shapes]
+    out = {}
+    for b in (4, 16):
+        def project_all():
+            return [MonarchLinear.from_dense(w, b) for w in weights]
+        _, t = timed(project_all, device, repeats=3, warmup=1)
+        out[f"nblocks={b}"] = {"time": t, "layers": len(weights),
+                               "target_lt_1s": t["median_ms"] < 1e3 * TARGET_MINILM_S}
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--quick", action="store_true", help="CPU, n=1024")
+    ap.add_argument("--minilm", action="store_true", help="CPU MiniLM-shaped projection only")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time the old Householder path and a wider subspace")
+    args = ap.parse_args(argv)
+    if args.minilm:
+        device = torch.device("cpu")
+        result = {"benchmark": "monarch_projection_minilm",
+                  "environment": environment(device, torch.float32), "minilm": minilm(device),
+                  "torch_threads": torch.get_num_threads()}
+    else:
+        cuda = torch.cuda.is_available() and not args.quick
+        device = torch.device("cuda" if cuda else "cpu")
+        n = 4096 if cuda else 1024
+        rows = []
+        for kind in ("gaussian", "powerlaw"):
+            weight = test_matrix(kind, n, device)
+            for b in (4, 64):
+                runs = [{}] + ([{"method": "randomized", "tol": 1e-5}] if args.variants else [])
+                for kwargs in runs:
+                    row = measure(weight, b, device, **kwargs)
+                    row["matrix"] = kind
+                    rows.append(row)
+                    print(f"{kind:>9} b={b:<3} {str(kwargs):<28} {row['time']['median_ms']:9.2f} ms"
+                          f"  excess {row['relative_excess']:.2e}  targets {row['targets']}")
+                    sys.stdout.flush()
+        result = {"benchmark": "monarch_projection", "environment": environment(device,
+                                                                                torch.float32),
+                  "rows": rows}
+        if args.variants:
+            result["variants"] = variants(test_matrix("gaussian", n, device), device)
+    print(json.dumps(result, indent=1)[-3000:] if args.minilm else "")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

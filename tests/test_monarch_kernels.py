@@ -1,0 +1,151 @@
+"""The permutation-free Monarch plan (monarch_kernels) and its Triton kernel against the plain
+two-bmm path, plus the GPU variant of topk_svd. CPU parts run everywhere (float64); the Triton
+parts need CUDA and are skipped without it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
+from workbench.structures.monarch_kernels import (IMPLS, choose_config, monarch_multiply_fast,
+                                                  plan, resolve_impl, triton_available)
+
+SHAPES = [(16, 16, 4), (64, 64, 8), (10, 7, 3), (7, 10, 3), (96, 384, 4), (384, 96, 4),
+          (100, 30, 4), (5, 5, 64), (33, 65, 16), (128, 128, 1), (64, 64, 64), (17, 19, 2),
+          (1024, 1024, 32)]
+CUDA = torch.cuda.is_available() and triton_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="the Triton kernel needs a CUDA GPU and Triton")
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def forward_and_grads(layer, x, dy):
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    return (y,) + torch.autograd.grad(y, (x, layer.w1, layer.w2), dy)
+
+
+@pytest.mark.parametrize("i, o, b", SHAPES)
+def test_torch_plan_matches_dense_and_plain_float64(i, o, b):
+    torch.manual_seed(0)
+    layer = MonarchLinear(i, o, b, dtype=torch.float64, impl="torch")
+    x = torch.randn(2, 3, i, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=1e-12,
+                               atol=1e-12)
+    x, dy = torch.randn(7, i, dtype=torch.float64), torch.randn(7, o, dtype=torch.float64)
+    layer.impl = "plain"
+    want = forward_and_grads(layer, x, dy)
+    for overrides in (None, {"store": "copy"}, {"gather": True}):
+        xi = x.clone().requires_grad_(True)
+        y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
+        got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
+        for g, w_ in zip(got, (want[0] - layer.bias,) + want[1:]):
+            torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
+
+
+def test_plan_strides_address_every_element_once():
+    """Each product's C view covers its output tensor exactly once (no gaps, no overlap)."""
+    T, b, p, q, s = 5, 3, 4, 4, 6
+    sizes = {"h=x@w1": T * b * q, "y=h@w2": T * b * s, "dh=dy@w2": T * b * q,
+             "dw2=dy'h": b * s * q, "dx=dh@w1": T * b * p, "dw1=dh'x": b * q * p,
+             "y=m@w2>nat": T * b * s, "y=m@w2>grp": T * b * s, "dh=dy@w2>nat": T * b * q,
+             "dh=dy@w2>grp": T * b * q, "dw2=dy'm": b * s * q}
+    for name, numel in sizes.items():
+        G, M, N, K, sa, sb, sc = plan(name, T, b, p, q, s)
+        hits = torch.zeros(numel)
+        hits.as_strided((G, M, N), sc).add_(1)  # adds through the view; duplicates would be 2
+        assert G * M * N == numel and torch.equal(hits, torch.ones(numel)), name
+
+
+def test_dispatch():
+    cpu = torch.randn(4, 8)
+    assert resolve_impl("auto", cpu) == "plain"
+    assert resolve_impl("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="impl"):
+        resolve_impl("fastest", cpu)
+    with pytest.raises(ValueError, match="impl"):
+        MonarchLinear(8, 8, 2, impl="fastest")
+    if not cpu.is_cuda:
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_impl("triton", cpu)
+    assert set(IMPLS) == {"auto", "plain", "torch", "triton"}
+    w1, w2 = torch.randn(2, 4, 4), torch.randn(2, 4, 4)
+    torch.testing.assert_close(monarch_multiply_fast(cpu, w1, w2, 8, impl="auto"),
+                               monarch_multiply(cpu, w1, w2, 8))
+
+
+def test_configs_are_valid_tiles():
+    for name in ("h=x@w1", "y=h@w2", "dh=dy@w2", "dw2=dy'h", "dx=dh@w1", "dw1=dh'x",
+                 "y=m@w2>nat", "dh=dy@w2>nat", "dw2=dy'm"):
+        for sizes in ((16384, 4, 1024, 1024, 1024), (16384, 91, 91, 91, 91), (7, 3, 4, 4, 6)):
+            G, M, N, K = plan(name, *sizes)[:4]
+            cfg = choose_config(name, G, M, N, K)
+            for key in ("BM", "BN", "BK"):
+                assert cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0
+            assert cfg["BL"] & (cfg["BL"] - 1) == 0 and cfg["SPLIT_K"] >= 1
+            if name.startswith("dw") and sizes[0] == 16384:
+                assert cfg["SPLIT_K"] > 1 or G * M * N >= 2 * 132 * cfg["BM"] * cfg["BN"]
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_topk_svd_fast_variant_float64(k):
+    torch.manual_seed(3)
+    a = torch.randn(9, 50, 30, dtype=torch.float64)
+    a[0] = 0  # a zero block must not produce NaN
+    for mat in (a, a.mT):
+        u, s, v = topk_svd(mat, k, method="randomized", variant="fast", tol=1e-12,
+                           max_iters=500)
+        torch.testing.assert_close(s, torch.linalg.svdvals(mat)[:, :k], rtol=1e-6, atol=1e-8)
+        best = torch.linalg.svdvals(mat)[:, k:].square().sum()
+        got = (mat - (u * s.unsqueeze(-2)) @ v.mT).square().sum()
+        assert float((got - best) / best) < 1e-8
+        assert torch.isfinite(u).all() and torch.isfinite(v).all()
+
+
+# ---- GPU: the Triton kernel against the plain path -------------------------------------------
+GPU_SHAPES = [(1024, 1024, 4, 4096), (1024, 1024, 32, 4096), (4096, 4096, 16, 2048),
+              (4096, 4096, 64, 2048), (8192, 8192, "sqrt", 1024), (384, 1536, 4, 999),
+              (1536, 384, 16, 1000), (100, 30, 4, 77), (33, 65, 16, 300), (768, 768, 12, 513)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("i, o, b, tokens", GPU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_matches_fp32_reference(i, o, b, tokens, dtype):
+    torch.manual_seed(hash((i, o, str(b), tokens)) % 1000)
+    dev = torch.device("cuda")
+    layer = MonarchLinear(i, o, b, device=dev, dtype=dtype, impl="triton")
+    ref = MonarchLinear(i, o, b, device=dev, dtype=torch.float32, impl="plain")
+    ref.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
+    x = torch.randn(tokens, i, device=dev, dtype=dtype)
+    dy = torch.randn(tokens, o, device=dev, dtype=dtype)
+    # poison the allocator's free blocks: an unwritten output element would read NaN
+    torch.full((tokens * 4 * max(i, o),), float("nan"), device=dev, dtype=dtype)
+    got = forward_and_grads(layer, x, dy)
+    want = forward_and_grads(ref, x.float(), dy.float())
+    layer.impl = "plain"
+    plain = forward_and_grads(layer, x, dy)
+    for name, g, w, p in zip(("y", "dx", "dw1", "dw2"), got, want, plain):
+        assert torch.isfinite(g).all(), name
+        err, err_plain = rel(g, w), rel(p, w)
+        assert err < 1e-2 and err < 2 * err_plain + 1e-3, (name, err, err_plain)
+
+
+@needs_cuda
+def test_auto_uses_triton_for_bf16_cuda_and_plain_for_fp32():
+    x16 = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+    assert resolve_impl("auto", x16) == "triton"
+    assert resolve_impl("auto", x16.float()) == "plain"
+    layer = MonarchLinear(64, 64, 4, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x16.float())
+    assert rel(y, x16.float() @ layer.to_dense().T + layer.bias) < 1e-2
+
+
+@needs_cuda
+def test_triton_fp32_is_tf32_accurate():
+    layer = MonarchLinear(512, 512, 8, device="cuda", bias=False, impl="triton")
+    x = torch.randn(1000, 512, device="cuda")
+    ref = x.double() @ layer.to_dense().double().T
+    assert rel(layer(x), ref) < 3e-3

@@ -1,0 +1,258 @@
+"""Fast Monarch multiply: every product of the forward and backward pass as a strided batched
+matrix product run by one Triton kernel (``monarch_triton``), P1 and P2 handled by strides.
+
+Notation as in ``monarch.py``: tokens ``T``, ``b`` blocks, w1 (b, q, p), w2 (b, s, q), padded
+input x (T, b·p), middle h (T, b·q) in its natural order ``j = k·q + i``, output y (T, b·s):
+
+    stage 1, batch k:  h[t, k·q + i]  = Σ_p x[t, k·p + p'] · w1[k, i, p']
+    stage 2, batch l:  y[t, s'·b + l] = Σ_r h[t, r·b + l]  · w2[l, s', r]     (j = r·b + l)
+
+Stage 1 and its gradients read and write contiguous rows directly. Stage 2's batch ``l`` is the
+stride-1 index of h and y, and on the H200 every way of addressing that in place was slow
+(3-D tiles: 25 TFLOP/s; stride-b stores: 0.1-0.2 TB/s; benchmarks/NOTES.md), so the default
+plan makes one grouping copy per pass — m[t, l, r] = h[t, r·b + l] forward, dy grouped the same
+way backward — and copies each stage-2 output back to natural order: four copies per
+forward+backward instead of the plain path's ~ten, and all six GEMMs on contiguous tiles.
+``plan`` lists every product's strides. Back ends: ``"triton"`` (CUDA) and ``"torch"``, which
+runs the same strides through ``as_strided`` + ``matmul`` (any device; slow; it tests the plan).
+
+``monarch_multiply_fast(x, w1, w2, out_features, impl)`` has ``monarch_multiply``'s interface;
+``resolve_impl`` says which path ``"auto"`` takes: ``"triton"`` for float16/bfloat16 CUDA
+tensors when Triton imports, else the plain two-bmm path.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+IMPLS = ("auto", "plain", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        from . import monarch_triton  # noqa: F401
+    except Exception:  # ImportError, or a Triton that cannot initialise
+        return False
+    return True
+
+
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    """The path ``impl`` takes for input ``x``: ``"plain"``, ``"torch"`` or ``"triton"``."""
+    if impl not in IMPLS:
+        raise ValueError(f"monarch: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        fast = (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and triton_available())
+        return "triton" if fast else "plain"
+    if impl == "triton" and not (x.is_cuda and triton_available()):
+        raise RuntimeError("monarch: impl='triton' needs a CUDA tensor and an importable Triton")
+    return impl
+
+
+# ---- the plan: (G, M, N, K, A strides, B strides, C strides) per product --------------------
+def plan(name: str, tokens: int, b: int, p: int, q: int, s: int):
+    """Sizes and (batch, row, col) strides of A (G, M, K), B (G, K, N) and C (G, M, N) for one
+    of the products. Activations are contiguous: x, dx (T, b·p); h, dh (T, b·q) in the natural
+    order j = k·q + i; m (T, b, q) = h grouped by second-factor block (m[t, l, r] = h[t, r·b+l]);
+    y, dy (T, b·s); dy_g (T, b, s) = dy grouped (dy_g[t, l, t'] = dy[t, t'·b + l]).
+    Stage-2 products read grouped operands (contiguous) and write their natural-order output
+    through a stride-b store ("...>nat"), or a grouped output that is copied after ("...>grp").
+    Weights contiguous (b, q, p), (b, s, q)."""
+    T, P, H, Y = tokens, b * p, b * q, b * s
+    plans = {
+        # forward
+        "h=x@w1": (b, T, q, p, (p, P, 1), (q * p, 1, p), (q, H, 1)),
+        "y=m@w2>nat": (b, T, s, q, (q, H, 1), (s * q, 1, q), (1, Y, b)),
+        "y=m@w2>grp": (b, T, s, q, (q, H, 1), (s * q, 1, q), (s, Y, 1)),
+        # backward of stage 2
+        "dh=dy@w2>nat": (b, T, q, s, (s, Y, 1), (s * q, q, 1), (1, H, b)),
+        "dh=dy@w2>grp": (b, T, q, s, (s, Y, 1), (s * q, q, 1), (q, H, 1)),
+        "dw2=dy'm": (b, s, q, T, (s, 1, Y), (q, H, 1), (s * q, q, 1)),
+        # backward of stage 1
+        "dx=dh@w1": (b, T, p, q, (q, H, 1), (q * p, p, 1), (p, P, 1)),
+        "dw1=dh'x": (b, q, p, T, (q, 1, H), (p, P, 1), (q * p, p, 1)),
+        # the first version's stage 2, on natural-order operands (stride-b gathers, BL > 1)
+        "y=h@w2": (b, T, s, q, (1, H, b), (s * q, 1, q), (1, Y, b)),
+        "dh=dy@w2": (b, T, q, s, (1, Y, b), (s * q, q, 1), (1, H, b)),
+        "dw2=dy'h": (b, s, q, T, (1, b, Y), (1, H, b), (s * q, q, 1)),
+    }
+    return plans[name]
+
+
+def group(t: torch.Tensor, b: int) -> torch.Tensor:
+    """(T, c·b) natural order [t, r·b + l] -> contiguous grouped (T, b, c) [t, l, r]."""
+    return t.view(t.shape[0], -1, b).transpose(1, 2).contiguous()
+
+
+def ungroup(t: torch.Tensor) -> torch.Tensor:
+    """(T, b, c) grouped -> (T, c·b) natural order (copy)."""
+    return t.transpose(1, 2).reshape(t.shape[0], -1)
+
+
+STAGE2_GATHER = ("y=h@w2", "dh=dy@w2", "dw2=dy'h")
+WEIGHT_GRADS = ("dw2=dy'h", "dw2=dy'm", "dw1=dh'x")
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    v = lo
+    while v < n and v < hi:
+        v *= 2
+    return v
+
+
+def choose_config(name: str, G: int, M: int, N: int, K: int, sms: int = 132,
+                  overrides: dict | None = None) -> dict:
+    """Tile sizes for one product (hand-set from H200 measurements, see benchmarks/NOTES.md)."""
+    stage2 = name in STAGE2_GATHER
+    BL = min(16, _pow2(G, 1, 16)) if stage2 else 1
+    if BL == 1:
+        BM = _pow2(M, 16, 128)
+        BN = _pow2(N, 16, 128)
+        BK = _pow2(K, 16, 64)
+        warps, stages = (8, 3) if BM * BN >= 128 * 128 else (4, 4)
+    else:
+        BM = _pow2(M, 16, 64 if BL >= 8 else 128)
+        BN = _pow2(N, 16, 32 if BL >= 8 else 64)
+        BK = _pow2(K, 16, 32)
+        warps, stages = 4, 3
+    cfg = dict(BL=BL, BM=BM, BN=BN, BK=BK, SPLIT_K=1, GROUP_M=8,
+               num_warps=warps, num_stages=stages)
+    mine = (overrides or {}).get(name, {})
+    cfg.update(mine)
+    if name in WEIGHT_GRADS and "SPLIT_K" not in mine:
+        tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"]) * -(-G // cfg["BL"])
+        split = 1
+        while tiles * split < 2 * sms and K // (split * 2) >= 8 * cfg["BK"]:
+            split *= 2
+        cfg["SPLIT_K"] = split
+    return cfg
+
+
+def run_product(name: str, a: torch.Tensor, b_: torch.Tensor, c: torch.Tensor, sizes: tuple,
+                backend: str, overrides: dict | None = None) -> None:
+    """C (=, or += for split weight gradients on Triton) the product ``name`` of a and b_."""
+    G, M, N, K, sa, sb, sc = plan(name, *sizes)
+    if backend == "torch":
+        A = a.as_strided((G, M, K), sa)
+        B = b_.as_strided((G, K, N), sb)
+        c.as_strided((G, M, N), sc).copy_(torch.matmul(A, B))
+        return
+    from .monarch_triton import launch
+    if overrides and name in overrides:
+        cfg = choose_config(name, G, M, N, K, _sms(a.device), overrides)
+    else:
+        cfg = _cached_config(name, G, M, N, K, _sms(a.device))
+    launch(a, b_, c, G, M, N, K, sa, sb, sc, cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if (
+        device.type == "cuda") else 132
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_config(name, G, M, N, K, sms) -> dict:
+    return choose_config(name, G, M, N, K, sms)
+
+
+class _MonarchFunction(torch.autograd.Function):
+    """(x (T, b·p), w1, w2) -> y (T, b·s) on padded sizes; backward by the plan.
+
+    ``overrides["store"]``: ``"copy"`` (default: stage-2 outputs grouped, then one copy to
+    natural order) or ``"strided"`` (written in natural order by a stride-b store: 5-30x slower
+    on the H200, see benchmarks/NOTES.md); ``overrides["gather"]=True``
+    runs the first version (stage 2 on natural-order operands, 3-D tiles, no grouping copies).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, backend, overrides):
+        b, q, p = w1.shape
+        s = w2.shape[1]
+        T = x.shape[0]
+        sizes = (T, b, p, q, s)
+        ov = overrides or {}
+        x = x.contiguous()
+        w1c, w2c = w1.contiguous(), w2.contiguous()
+        h = x.new_empty(T, b * q)
+        run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
+        if ov.get("gather"):
+            y = x.new_empty(T, b * s)
+            run_product("y=h@w2", h, w2c, y, sizes, backend, ov)
+            mid = h
+        else:
+            mid = group(h, b)                             # (T, b, q): the one forward copy
+            del h
+            if ov.get("store", "copy") == "copy":
+                yg = x.new_empty(T, b, s)
+                run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
+                y = ungroup(yg)
+            else:
+                y = x.new_empty(T, b * s)
+                run_product("y=m@w2>nat", mid, w2c, y, sizes, backend, ov)
+        ctx.save_for_backward(x, w1c, w2c, mid)
+        ctx.sizes, ctx.backend, ctx.overrides = sizes, backend, ov
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2, mid = ctx.saved_tensors
+        sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
+        T, b, p, q, s = sizes
+        gather = bool(ov.get("gather"))
+        dy = dy.contiguous() if gather else group(dy, b)  # the one backward copy
+        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+        dx = dw1 = dw2 = None
+        if need_w2:
+            dw2 = _weight_grad("dw2=dy'h" if gather else "dw2=dy'm", dy, mid, w2, sizes,
+                               backend, ov)
+        if need_x or need_w1:
+            dh = x.new_empty(T, b * q)
+            if gather:
+                run_product("dh=dy@w2", dy, w2, dh, sizes, backend, ov)
+            elif ov.get("store", "copy") == "copy":
+                dhg = x.new_empty(T, b, q)
+                run_product("dh=dy@w2>grp", dy, w2, dhg, sizes, backend, ov)
+                dh = ungroup(dhg)
+            else:
+                run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
+            if need_w1:
+                dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
+            if need_x:
+                dx = torch.empty_like(x)
+                run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
+        return dx, dw1, dw2, None, None
+
+
+def _weight_grad(name, a, b_, weight, sizes, backend, overrides):
+    if backend == "torch":
+        out = torch.empty_like(weight)
+        run_product(name, a, b_, out, sizes, backend, overrides)
+        return out
+    out = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+    run_product(name, a, b_, out, sizes, backend, overrides)
+    return out.to(weight.dtype)
+
+
+def monarch_multiply_fast(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                          out_features: int, impl: str = "auto",
+                          overrides: dict | None = None) -> torch.Tensor:
+    """``monarch_multiply`` through the strided plan: x (T, in) -> (T, out_features).
+
+    The weights are used in ``x``'s dtype. Padded sizes (in or out not a multiple of b) pad x
+    and slice y around the permutation-free core.
+    """
+    from .monarch import monarch_multiply
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        x = x.to(torch.get_autocast_dtype("cuda"))
+    backend = resolve_impl(impl, x)
+    if backend == "plain":
+        return monarch_multiply(x, w1, w2, out_features)
+    b, q, p = w1.shape
+    if x.shape[1] < b * p:
+        x = F.pad(x, (0, b * p - x.shape[1]))
+    w1, w2 = w1.to(x.dtype), w2.to(x.dtype)
+    y = _MonarchFunction.apply(x, w1, w2, backend, overrides)
+    return y if y.shape[1] == out_features else y[:, :out_features]

@@ -1,0 +1,92 @@
+"""One Triton kernel for every product in a Monarch layer: a strided batched matrix product.
+
+``C[g, m, n] (+)= Σ_k A[g, m, k] · B[g, k, n]`` where each operand is addressed through its own
+strides, ``A: base + g·sag + m·sam + k·sak`` (likewise B and C). Monarch's permutations P1 and
+P2 are strides (see ``monarch_kernels.plan``), so no activation is ever copied to permute it.
+
+Two tilings, picked by ``BL`` (a compile-time constant):
+- ``BL == 1``: one batch per program, a 2-D tile (BM, BN) — the usual GEMM, used where rows
+  are contiguous (the first factor and its gradients);
+- ``BL > 1``: ``BL`` neighbouring batches per program as a 3-D tile (BL, BM, BN). The second
+  factor's batch index ``l`` is the innermost (stride-1) feature index of both the middle
+  activation (``j = r·b + l``) and the output (``o = t·b + l``), so loading BL batches at once
+  makes every load and store contiguous runs of BL elements instead of stride-b gathers.
+``SPLIT_K > 1`` splits the reduction over programs that add into a float32 ``C`` atomically
+(weight gradients reduce over all tokens but have few output tiles).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def strided_bmm_kernel(a_ptr, b_ptr, c_ptr, G, M, N, K,
+                       sag, sam, sak, sbg, sbk, sbn, scg, scm, scn,
+                       BL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    # grouped order: GROUP_M row tiles share their B tiles in L2
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = min(num_m - first_m, GROUP_M)
+    pm = first_m + (pid % per_group) % group_size
+    pn = (pid % per_group) // group_size
+
+    rm = (pm * BM + tl.arange(0, BM)).to(tl.int64)
+    rn = (pn * BN + tl.arange(0, BN)).to(tl.int64)
+    rk = (pid_k * BK + tl.arange(0, BK)).to(tl.int64)
+    step = BK * SPLIT_K
+    if BL == 1:
+        g = pid_g.to(tl.int64)
+        a_ptrs = a_ptr + g * sag + rm[:, None] * sam + rk[None, :] * sak
+        b_ptrs = b_ptr + g * sbg + rk[:, None] * sbk + rn[None, :] * sbn
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for it in range(0, tl.cdiv(K, step)):
+            kk = pid_k * BK + it * step + tl.arange(0, BK)
+            a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            b = tl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            acc = tl.dot(a, b, acc)
+            a_ptrs += step * sak
+            b_ptrs += step * sbk
+        c_ptrs = c_ptr + g * scg + rm[:, None] * scm + rn[None, :] * scn
+        c_mask = (rm[:, None] < M) & (rn[None, :] < N)
+    else:
+        rg = (pid_g * BL + tl.arange(0, BL)).to(tl.int64)
+        g_ok = rg[:, None, None] < G
+        a_ptrs = (a_ptr + rg[:, None, None] * sag + rm[None, :, None] * sam
+                  + rk[None, None, :] * sak)
+        b_ptrs = (b_ptr + rg[:, None, None] * sbg + rk[None, :, None] * sbk
+                  + rn[None, None, :] * sbn)
+        acc = tl.zeros((BL, BM, BN), dtype=tl.float32)
+        for it in range(0, tl.cdiv(K, step)):
+            kk = pid_k * BK + it * step + tl.arange(0, BK)
+            a = tl.load(a_ptrs, mask=g_ok & (rm[None, :, None] < M) & (kk[None, None, :] < K),
+                        other=0.0)
+            b = tl.load(b_ptrs, mask=g_ok & (kk[None, :, None] < K) & (rn[None, None, :] < N),
+                        other=0.0)
+            acc = tl.dot(a, b, acc)
+            a_ptrs += step * sak
+            b_ptrs += step * sbk
+        c_ptrs = (c_ptr + rg[:, None, None] * scg + rm[None, :, None] * scm
+                  + rn[None, None, :] * scn)
+        c_mask = g_ok & (rm[None, :, None] < M) & (rn[None, None, :] < N)
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        tl.atomic_add(c_ptrs, acc, mask=c_mask)
+
+
+def launch(a, b, c, G, M, N, K, sa, sb, sc, cfg) -> None:
+    """Run ``strided_bmm_kernel``; ``cfg`` holds BL, BM, BN, BK, SPLIT_K, GROUP_M, num_warps,
+    num_stages (see ``monarch_kernels.choose_config``)."""
+    grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N, cfg["BN"]),
+            triton.cdiv(G, cfg["BL"]), cfg["SPLIT_K"])
+    strided_bmm_kernel[grid](a, b, c, G, M, N, K, *sa, *sb, *sc,
+                             BL=cfg["BL"], BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+                             SPLIT_K=cfg["SPLIT_K"], GROUP_M=cfg["GROUP_M"],
+                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
