@@ -109,3 +109,21 @@ def test_sweep_checks_every_setting_first():
     result = run_cli("sweep", TINY, "-g", "x", "1,two")
     assert result.returncode == 2 and "'x' expects int" in result.stderr
     assert len(RunStore()) == 0
+
+
+def test_import_benchmark_results_once(tmp_path):
+    from conftest import ROOT
+    result_file = ROOT / "benchmarks" / "results" / "monarch_h200.json"
+    first = run_cli("runs", "import-benchmark", str(result_file))
+    assert first.returncode == 0, first.stderr
+    records = list(RunStore().records())
+    assert {r.method for r in records} == {"dense", "monarch-plain", "monarch"}
+    dense = [r for r in records if r.method == "dense"]
+    assert all(r.metrics["fwd_bwd_speedup_vs_dense"] == 1.0 for r in dense)
+    assert all(r.device == "NVIDIA H200" for r in records)
+    again = run_cli("runs", "import-benchmark", str(result_file))
+    assert "imported 0 runs" in again.stdout and len(RunStore()) == len(records)
+    (tmp_path / "bad.json").write_text("{}")
+    bad = run_cli("runs", "import-benchmark", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "workbench: error:" in bad.stderr
+    assert "not a Monarch benchmark result" in bad.stderr and "Traceback" not in bad.stderr

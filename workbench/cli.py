@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - turn library errors into a clean message
         from .runs import ParameterError, StoreError
-        if isinstance(exc, (ParameterError, FileNotFoundError)):
+        if isinstance(exc, (ParameterError, FileNotFoundError, ValueError)):
             print(f"workbench: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, (StoreError, KeyError)):
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "parquet"), default="csv")
     export.add_argument("-o", "--output", help="file (default: stdout for csv)")
     export.set_defaults(handler=_runs_export)
+    imp = runs_sub.add_parser("import-benchmark", help="add a benchmarks/results JSON as runs")
+    imp.add_argument("files", nargs="+")
+    imp.set_defaults(handler=_runs_import)
 
     serve = sub.add_parser("serve", help="serve the dashboard (localhost unless told otherwise)")
     serve.add_argument("--address", default="localhost")
@@ -180,6 +183,22 @@ def _runs_export(args) -> int:
         frame.to_csv(sys.stdout, index=False)
     if args.output:
         print(f"wrote {len(frame)} runs to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _runs_import(args) -> int:
+    from .runs import StoreError
+    from .runs.benchmarks import monarch_benchmark_records
+    store = _store(args)
+    added = skipped = 0
+    for path in args.files:
+        for record in monarch_benchmark_records(path):
+            try:
+                store.add(record)
+                added += 1
+            except StoreError:
+                skipped += 1
+    print(f"imported {added} runs ({skipped} already in the store)")
     return 0
 
 

@@ -1,0 +1,59 @@
+"""Benchmark results (``benchmarks/results/*.json``) as run records, so the dashboard shows them.
+
+Each measured implementation of each benchmark row becomes one record: ``dense``,
+``monarch-plain`` (the two-bmm reference algorithm) or ``monarch`` (the fast path). Run ids are
+derived from the file and row, so importing a file twice adds nothing the second time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .record import RunRecord
+
+IMPLEMENTATIONS = {"dense": "dense", "plain": "monarch-plain", "fast": "monarch"}
+
+
+def _run_id(*parts) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
+def monarch_benchmark_records(path: str | Path) -> list[RunRecord]:
+    """Records for a ``benchmarks/monarch.py`` result file (layer speed, bf16, one GPU)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        rows, env = data["rows"], data["environment"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not a Monarch benchmark result: {exc}") from exc
+    records = []
+    for row in rows:
+        n, b, tokens = row["n"], row["nblocks"], row["tokens"]
+        p, q, s = row["blocks"]
+        dense_fb = row["times"]["dense"]["fwd_bwd"]["median_ms"]
+        for impl, method in IMPLEMENTATIONS.items():
+            if impl not in row["times"]:
+                continue
+            fwd, fwd_bwd = row["times"][impl]["fwd"], row["times"][impl]["fwd_bwd"]
+            params = n * n if impl == "dense" else b * q * (p + s)
+            errors = row.get("errors_vs_fp32", {}).get("triton" if impl == "fast" else impl, {})
+            metrics = {"fwd_bwd_speedup_vs_dense": dense_fb / fwd_bwd["median_ms"]}
+            if errors.get("y") is not None:
+                metrics["rel_error_vs_fp32"] = errors["y"]
+            records.append(RunRecord(
+                run_id=_run_id(path.name, n, b, impl), method=method,
+                notebook=f"benchmarks/{path.name}", model=f"linear {n}x{n}",
+                dataset=f"{tokens} tokens, {env.get('dtype', 'bfloat16')}",
+                parameters={"n": n, "nblocks": b if impl != "dense" else 0, "tokens": tokens,
+                            "impl": impl, "benchmark": data.get("benchmark", "monarch")},
+                metrics=metrics,
+                cost={"params": params, "flops_per_sample": 2 * params,
+                      "latency_ms": fwd["median_ms"],
+                      "latency_ms_iqr": fwd["q80_ms"] - fwd["q20_ms"],
+                      "fwd_bwd_ms": fwd_bwd["median_ms"],
+                      "throughput_per_s": tokens / (fwd["median_ms"] / 1e3)},
+                device=env.get("device_name", ""), torch_version=env.get("torch", ""),
+                created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
+                    "created_at"].default_factory()))
+    return records
