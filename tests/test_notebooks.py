@@ -14,6 +14,7 @@ VARIANTS = {
                                                           "width": "64", "depth": "2"}],
     "monarch_train": [{}, {"model": "gpt", "dataset": "bytes", "nblocks": "[4]"}],
     "monarch_finetune": [{"nblocks": "[4]"}],
+    "inspect_attention": [{}, {"model": "gpt", "layers": "[0, -1]"}],
 }
 # How many run records one execution writes (the main run plus its logged variants).
 RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]"))),
