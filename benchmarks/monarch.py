@@ -5,7 +5,9 @@
 
 Three multiplies per (n, nblocks): dense ``nn.Linear`` (cuBLAS), ``plain`` (two bmm with
 permutation copies, ``monarch_multiply``) and ``fast`` (``impl="triton"``: the strided plan of
-``workbench.structures.monarch_kernels``; ``impl="torch"`` on CPU). Square layers, no bias.
+``workbench.structures.monarch_kernels``, its default policy; ``impl="torch"`` on CPU), plus,
+where the fold plan applies, the other plan side by side (``fast_copy``: the v3 copy plan, or
+``fast_fold``). Square layers, no bias.
 Timing: ``triton.testing.do_bench`` (CUDA events, warm-up, median and 20/80% quantiles) on the
 GPU, a wall-clock median on the CPU. Every fast result is first checked against a float32
 reference (relative error of the output and of all three gradients).
@@ -27,7 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.structures import MonarchLinear  # noqa: E402
-from workbench.structures.monarch_kernels import monarch_multiply_fast  # noqa: E402
+from workbench.structures.monarch_kernels import (can_fold, monarch_multiply_fast,  # noqa: E402
+                                                  use_fold)
 
 TARGET_FRACTION = 0.7   # of the FLOP-ratio speedup, at n >= 4096 and nblocks 4 and 16
 TARGET_OVER_PLAIN = 1.3
@@ -95,7 +98,7 @@ def check(layer: MonarchLinear, impl: str, tokens: int, device) -> dict:
     return result
 
 
-def measure(n: int, nblocks, tokens: int, dtype, device, impl: str) -> dict:
+def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=False) -> dict:
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     dense = nn.Linear(n, n, bias=False, device=device, dtype=dtype)
@@ -113,7 +116,13 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str) -> dict:
     variants = {"dense": dense, "plain": lambda v: monarch_multiply_fast(
         v, layer.w1, layer.w2, n, impl="plain"), "fast": lambda v: monarch_multiply_fast(
         v, layer.w1, layer.w2, n, impl=impl)}
-    if cuda:  # the first version (3-D tiles over stride-b gathers), for the record
+    row["fold"] = use_fold({}, b, layer.mid_block)
+    if can_fold(b, layer.mid_block):  # the other plan, side by side: copy plan (v3) or fold
+        other = {"fold": not row["fold"]}
+        variants["fast_fold" if other["fold"] else "fast_copy"] = (
+            lambda v, other=other: monarch_multiply_fast(v, layer.w1, layer.w2, n, impl=impl,
+                                                         overrides=other))
+    if cuda and with_v1:  # the first version (3-D tiles over stride-b gathers), for the record
         variants["fast_v1_gather"] = lambda v: monarch_multiply_fast(
             v, layer.w1, layer.w2, n, impl=impl, overrides={"gather": True})
     for name, module in variants.items():
@@ -179,13 +188,17 @@ def breakdown(n: int, nblocks, tokens: int, dtype, variants: dict | None = None)
     act = {"x": b * p, "h": b * q, "y": b * s}
     t = {k: torch.randn(tokens, v, device=dev, dtype=dtype) for k, v in act.items()}
     w = {"w1": layer.w1.detach(), "w2": layer.w2.detach()}
-    ops = {"h=x@w1": ("x", "w1", "h"), "y=m@w2>nat": ("h", "w2", "y"),
+    ops = {"h=x@w1": ("x", "w1", "h"), "m=x@w1p": ("x", "w1", "h"),
+           "dx=dm@w1p": ("h", "w1", "x"), "dw1p=dm'x": ("h", "x", "w1"),
+           "y=m@w2>nat": ("h", "w2", "y"),
            "y=m@w2>grp": ("h", "w2", "y"), "dh=dy@w2>nat": ("y", "w2", "h"),
            "dw2=dy'm": ("y", "h", "w2"), "dx=dh@w1": ("h", "w1", "x"),
            "dw1=dh'x": ("h", "x", "w1"), "copy h->m": ("h", None, "h"),
            "copy dy->dy_g": ("y", None, "y")}
     rows = []
     for name, (a, bb, c) in ops.items():
+        if name in ("m=x@w1p", "dx=dm@w1p", "dw1p=dm'x") and not can_fold(b, q):
+            continue
         A, B = (t | w)[a], (t | w).get(bb)
         C = (torch.zeros(w[c].shape, device=dev) if c in w else torch.empty_like(t[c]))
         if B is None:  # a grouping copy, as the fast path does it
@@ -251,6 +264,10 @@ def print_table(rows) -> None:
         fb = "/".join(f"{t[k]['fwd_bwd']['median_ms']:.3f}" for k in ("dense", "plain", "fast"))
         s = r["speedup_fwd_bwd"]
         ok = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["targets"].items())
+        for alt in ("fast_copy", "fast_fold"):
+            if alt in t:
+                ok = (f"{alt} f+b {t[alt]['fwd_bwd']['median_ms']:.3f} "
+                      f"fwd {t[alt]['fwd']['median_ms']:.3f} | " + ok)
         if "speedup_fwd_bwd_graph" in r:
             g = r["speedup_fwd_bwd_graph"]
             fbg = "/".join(f"{t[k]['fwd_bwd_graph']['median_ms']:.3f}"
@@ -269,6 +286,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int)
     ap.add_argument("--sizes", type=int, nargs="*")
     ap.add_argument("--nblocks", nargs="*", default=["4", "16", "sqrt"])
+    ap.add_argument("--v1", action="store_true",
+                    help="also time the first version (3-D tiles; slow at nblocks=4)")
     ap.add_argument("--breakdown", action="store_true",
                     help="time the six products alone (GPU), with tile variants for stage 2")
     args = ap.parse_args(argv)
@@ -289,12 +308,24 @@ def main(argv=None) -> dict:
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))
         return result
+    def write(rows):
+        result = {"benchmark": "monarch_multiply", "environment": environment(device, dtype),
+                  "fast_impl": impl, "bias": False,
+                  "targets": {"fraction_of_flop_ratio_at_n_ge_4096_b_4_16": TARGET_FRACTION,
+                              "fast_over_plain": TARGET_OVER_PLAIN,
+                              "not_slower_than_dense_where_flop_ratio_ge_4": True},
+                  "rows": rows}
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+        return result
+
     rows = []
     for n in sizes:
         for nb in args.nblocks:
             nb = nb if nb == "sqrt" else int(nb)
             try:
-                rows.append(measure(n, nb, tokens, dtype, device, impl))
+                rows.append(measure(n, nb, tokens, dtype, device, impl, args.v1))
             except Exception as exc:  # keep the other rows; the error is in the output
                 import traceback
                 traceback.print_exc()
@@ -302,16 +333,9 @@ def main(argv=None) -> dict:
                 continue
             print_table(rows[-1:])
             sys.stdout.flush()
-    result = {"benchmark": "monarch_multiply", "environment": environment(device, dtype),
-              "fast_impl": impl, "bias": False,
-              "targets": {"fraction_of_flop_ratio_at_n_ge_4096_b_4_16": TARGET_FRACTION,
-                          "fast_over_plain": TARGET_OVER_PLAIN,
-                          "not_slower_than_dense_where_flop_ratio_ge_4": True},
-              "rows": rows}
+            write(rows)  # after every row: a run cut short keeps what it measured
+    result = write(rows)
     print_table(rows)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
     return result
 
 

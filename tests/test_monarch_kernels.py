@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
-from workbench.structures.monarch_kernels import (IMPLS, choose_config, monarch_multiply_fast,
-                                                  plan, resolve_impl, triton_available)
+from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config, fold_rows,
+                                                  monarch_multiply_fast, plan, resolve_impl,
+                                                  triton_available, two_level, unfold_rows,
+                                                  use_fold)
 
 SHAPES = [(16, 16, 4), (64, 64, 8), (10, 7, 3), (7, 10, 3), (96, 384, 4), (384, 96, 4),
           (100, 30, 4), (5, 5, 64), (33, 65, 16), (128, 128, 1), (64, 64, 64), (17, 19, 2),
@@ -44,6 +46,37 @@ def test_torch_plan_matches_dense_and_plain_float64(i, o, b):
             torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
 
 
+FOLD_SHAPES = [(256, 256, 4), (63, 64, 2), (64, 63, 2), (512, 384, 4), (128, 128, 1),
+               (1024, 1024, 4)]
+
+
+@pytest.mark.parametrize("i, o, b", FOLD_SHAPES)
+def test_fold_plan_matches_plain_float64(i, o, b):
+    """The fold plan (first factor reading and writing the grouped middle through a two-level
+    index) computes the same forward and gradients as the plain path."""
+    torch.manual_seed(1)
+    layer = MonarchLinear(i, o, b, dtype=torch.float64, impl="plain", bias=False)
+    assert can_fold(layer.nblocks, layer.mid_block) and use_fold({}, b, layer.mid_block)
+    x, dy = torch.randn(9, i, dtype=torch.float64), torch.randn(9, o, dtype=torch.float64)
+    want = forward_and_grads(layer, x, dy)
+    for overrides in (None, {"fold": True}):
+        xi = x.clone().requires_grad_(True)
+        y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
+        got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
+        for g, w_ in zip(got, want):
+            torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_rows_round_trip_and_policy():
+    w1 = torch.randn(4, 32, 5)
+    w1p = fold_rows(w1)
+    assert torch.equal(unfold_rows(w1p), w1)
+    assert torch.equal(w1p[1, 2 * 8 + 3], w1[1, 3 * 4 + 2])  # w1p[k, l·q/b + r] = w1[k, r·b + l]
+    assert not can_fold(4, 30) and not can_fold(16, 64) and can_fold(16, 128)
+    assert not use_fold({"gather": True}, 4, 64) and not use_fold({"fold": False}, 4, 64)
+    assert not use_fold({"store": "strided"}, 4, 64) and use_fold({}, 4, 64)
+
+
 def test_plan_strides_address_every_element_once():
     """Each product's C view covers its output tensor exactly once (no gaps, no overlap)."""
     T, b, p, q, s = 5, 3, 4, 4, 6
@@ -56,6 +89,20 @@ def test_plan_strides_address_every_element_once():
         hits = torch.zeros(numel)
         hits.as_strided((G, M, N), sc).add_(1)  # adds through the view; duplicates would be 2
         assert G * M * N == numel and torch.equal(hits, torch.ones(numel)), name
+    # the fold products: C's columns (m) or A's rows / reduction index (dm) are two-level
+    T, b, p, q, s = 5, 2, 6, 8, 8
+    for name, operand, numel in (("m=x@w1p", "c", T * b * q), ("dx=dm@w1p", "a", T * b * q),
+                                 ("dw1p=dm'x", "a", T * b * q)):
+        G, M, N, K, sa, sb, sc = plan(name, T, b, p, q, s)
+        which, cs, hi = two_level(name, T, b, p, q, s)
+        hits = torch.zeros(numel)
+        if which == 3:
+            hits.as_strided((G, M, N // cs, cs), (sc[0], sc[1], hi, sc[2])).add_(1)
+        elif which == 2:
+            hits.as_strided((G, M, K // cs, cs), (sa[0], sa[1], hi, sa[2])).add_(1)
+        else:
+            hits.as_strided((G, M // cs, cs, K), (sa[0], hi, sa[1], sa[2])).add_(1)
+        assert torch.equal(hits, torch.ones(numel)), name
 
 
 def test_dispatch():
@@ -77,7 +124,7 @@ def test_dispatch():
 
 def test_configs_are_valid_tiles():
     for name in ("h=x@w1", "y=h@w2", "dh=dy@w2", "dw2=dy'h", "dx=dh@w1", "dw1=dh'x",
-                 "y=m@w2>nat", "dh=dy@w2>nat", "dw2=dy'm"):
+                 "y=m@w2>nat", "dh=dy@w2>nat", "dw2=dy'm", "m=x@w1p", "dx=dm@w1p", "dw1p=dm'x"):
         for sizes in ((16384, 4, 1024, 1024, 1024), (16384, 91, 91, 91, 91), (7, 3, 4, 4, 6)):
             G, M, N, K = plan(name, *sizes)[:4]
             cfg = choose_config(name, G, M, N, K)
@@ -103,10 +150,48 @@ def test_topk_svd_fast_variant_float64(k):
         assert torch.isfinite(u).all() and torch.isfinite(v).all()
 
 
+@pytest.mark.parametrize("shape", [(9, 50, 30), (4, 96, 96), (3, 40, 120), (2, 300, 300)])
+@pytest.mark.parametrize("k", [1, 6, 40])
+def test_topk_svd_projector_variant_float64(shape, k):
+    """The GPU default for k > 1 (purification Rayleigh-Ritz, range-form output) on the CPU:
+    U orthonormal, ΣS² = ‖UᵀA‖², and the residual within the target of the optimum on flat,
+    steep and slowly decaying spectra."""
+    torch.manual_seed(7)
+    batch, m, n = shape
+    if k + max(8, k // 2) >= min(m, n):
+        pytest.skip("falls back to the exact SVD")
+    g = torch.randn(batch, m, n, dtype=torch.float64)
+    u0 = torch.linalg.qr(torch.randn(batch, m, m, dtype=torch.float64)).Q[..., :min(m, n)]
+    v0 = torch.linalg.qr(torch.randn(batch, n, n, dtype=torch.float64)).Q[..., :min(m, n)]
+    i = torch.arange(1, min(m, n) + 1, dtype=torch.float64)
+    for a in (g, (u0 * i.reciprocal()) @ v0.mT, (u0 * i.pow(-0.25)) @ v0.mT):
+        a = a.clone()
+        a[0] = 0  # a zero block must not produce NaN
+        u, s, v = topk_svd(a, k, method="randomized", variant="projector", tol=1e-4,
+                           generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(v).all()
+        assert bool((s[:, :-1] >= s[:, 1:]).all())
+        # the orthonormal factor is the taller side's: U for m >= n, V for m < n
+        basis, side = (u, a) if m >= n else (v, a.mT)
+        torch.testing.assert_close(basis[1:].mT @ basis[1:], torch.eye(k, dtype=a.dtype).expand(
+            batch - 1, k, k), atol=1e-10, rtol=0)
+        torch.testing.assert_close(s.square().sum(-1), (basis.mT @ side).square().sum((-2, -1)),
+                                   rtol=1e-10, atol=1e-12)
+        best = torch.linalg.svdvals(a[1:])[:, k:].square().sum(-1)
+        got = (a[1:] - (u[1:] * s[1:].unsqueeze(-2)) @ v[1:].mT).square().sum((-2, -1))
+        assert float(((got - best) / best).max()) < 1e-4
+
+
+def test_topk_svd_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="variant"):
+        topk_svd(torch.randn(2, 30, 20), 3, method="randomized", variant="nope")
+
+
 # ---- GPU: the Triton kernel against the plain path -------------------------------------------
 GPU_SHAPES = [(1024, 1024, 4, 4096), (1024, 1024, 32, 4096), (4096, 4096, 16, 2048),
               (4096, 4096, 64, 2048), (8192, 8192, "sqrt", 1024), (384, 1536, 4, 999),
-              (1536, 384, 16, 1000), (100, 30, 4, 77), (33, 65, 16, 300), (768, 768, 12, 513)]
+              (1536, 384, 16, 1000), (100, 30, 4, 77), (33, 65, 16, 300), (768, 768, 12, 513),
+              (4096, 4096, 4, 1000), (8192, 8192, 16, 513), (511, 512, 2, 300)]
 
 
 @needs_cuda
@@ -130,6 +215,39 @@ def test_triton_matches_fp32_reference(i, o, b, tokens, dtype):
         assert torch.isfinite(g).all(), name
         err, err_plain = rel(g, w), rel(p, w)
         assert err < 1e-2 and err < 2 * err_plain + 1e-3, (name, err, err_plain)
+
+
+@needs_cuda
+@pytest.mark.parametrize("i, o, b", [(4096, 4096, 4), (4096, 4096, 16), (1024, 1024, 4),
+                                     (511, 512, 2)])
+def test_triton_fold_and_copy_plans_agree(i, o, b):
+    """The fold plan and the copy plan (v3) give the same results on the GPU (bf16)."""
+    torch.manual_seed(2)
+    dev = torch.device("cuda")
+    layer = MonarchLinear(i, o, b, device=dev, dtype=torch.bfloat16, bias=False)
+    assert use_fold({}, layer.nblocks, layer.mid_block)
+    x = torch.randn(777, i, device=dev, dtype=torch.bfloat16)
+    dy = torch.randn(777, o, device=dev, dtype=torch.bfloat16)
+    out = []
+    for fold in (True, False):
+        torch.full((777 * 4 * max(i, o),), float("nan"), device=dev, dtype=torch.bfloat16)
+        xi = x.clone().requires_grad_(True)
+        y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="triton",
+                                  overrides={"fold": fold})
+        out.append((y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy))
+    for name, f, c in zip(("y", "dx", "dw1", "dw2"), *out):
+        assert torch.isfinite(f).all(), name
+        assert rel(f, c) < 1e-2, (name, rel(f, c))
+
+
+@needs_cuda
+def test_topk_svd_projector_on_cuda():
+    torch.manual_seed(4)
+    a = torch.randn(16, 512, 512, device="cuda")
+    u, s, v = topk_svd(a, 128, method="randomized")        # auto: the projector variant
+    best = torch.linalg.svdvals(a.double())[:, 128:].square().sum(-1)
+    got = (a.double() - (u * s.unsqueeze(-2)).double() @ v.double().mT).square().sum((-2, -1))
+    assert float(((got - best) / best).max()) < 1e-4
 
 
 @needs_cuda

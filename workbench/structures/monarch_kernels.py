@@ -13,6 +13,11 @@ stride-1 index of h and y, and on the H200 every way of addressing that in place
 plan makes one grouping copy per pass — m[t, l, r] = h[t, r·b + l] forward, dy grouped the same
 way backward — and copies each stage-2 output back to natural order: four copies per
 forward+backward instead of the plain path's ~ten, and all six GEMMs on contiguous tiles.
+The "fold" plan (default where b divides q and q/b >= 8) removes the two copies on the first
+factor's side: with w1's rows permuted within each block (``fold_rows``), stage 1 writes m
+directly and its gradients read the grouped dh (dm) directly, through a two-level index (runs of
+q/b contiguous elements, ``monarch_triton``): two copies per forward+backward remain (the
+output's P2 interleave and the grouping of dy).
 ``plan`` lists every product's strides. Back ends: ``"triton"`` (CUDA) and ``"torch"``, which
 runs the same strides through ``as_strided`` + ``matmul`` (any device; slow; it tests the plan).
 
@@ -73,12 +78,47 @@ def plan(name: str, tokens: int, b: int, p: int, q: int, s: int):
         # backward of stage 1
         "dx=dh@w1": (b, T, p, q, (q, H, 1), (q * p, p, 1), (p, P, 1)),
         "dw1=dh'x": (b, q, p, T, (q, 1, H), (p, P, 1), (q * p, p, 1)),
+        # "fold": the first factor with w1's rows permuted (w1p[k, l·c + r'] = w1[k, r'·b + l],
+        # c = q/b) reads and writes the middle activation in the grouped layout m directly:
+        # its column / reduction / row index n' = l·c + r' sits at l·q + k·c + r' (two-level)
+        "m=x@w1p": (b, T, q, p, (p, P, 1), (q * p, 1, p), (q // b, H, 1)),
+        "dx=dm@w1p": (b, T, p, q, (q // b, H, 1), (q * p, p, 1), (p, P, 1)),
+        "dw1p=dm'x": (b, q, p, T, (q // b, 1, H), (p, P, 1), (q * p, p, 1)),
         # the first version's stage 2, on natural-order operands (stride-b gathers, BL > 1)
         "y=h@w2": (b, T, s, q, (1, H, b), (s * q, 1, q), (1, Y, b)),
         "dh=dy@w2": (b, T, q, s, (1, Y, b), (s * q, q, 1), (1, H, b)),
         "dw2=dy'h": (b, s, q, T, (1, b, Y), (1, H, b), (s * q, q, 1)),
     }
     return plans[name]
+
+
+TWO_LEVEL = {"m=x@w1p": 3, "dx=dm@w1p": 2, "dw1p=dm'x": 1}   # C's cols, A's K, A's rows
+
+
+def two_level(name: str, tokens: int, b: int, p: int, q: int, s: int):
+    """``(which, cs, s_hi)`` for the products whose index ``which`` (1: A's rows, 2: A's
+    reduction index, 3: C's columns) is addressed as ``(i // cs)·s_hi + (i % cs)·stride``, else
+    None. For the fold products: runs of ``cs = q/b`` elements, ``q`` apart."""
+    if name not in TWO_LEVEL:
+        return None
+    return TWO_LEVEL[name], q // b, q
+
+
+def can_fold(b: int, q: int) -> bool:
+    """The fold plan needs b | q and runs of q/b >= 8 elements (16-byte vectors)."""
+    return q % b == 0 and (q // b) % 8 == 0
+
+
+def fold_rows(w1: torch.Tensor) -> torch.Tensor:
+    """w1 (b, q, p) -> w1p with w1p[k, l·(q/b) + r'] = w1[k, r'·b + l] (contiguous copy)."""
+    b, q, p = w1.shape
+    return w1.view(b, q // b, b, p).transpose(1, 2).reshape(b, q, p)
+
+
+def unfold_rows(w1p: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``fold_rows``."""
+    b, q, p = w1p.shape
+    return w1p.view(b, b, q // b, p).transpose(1, 2).reshape(b, q, p)
 
 
 def group(t: torch.Tensor, b: int) -> torch.Tensor:
@@ -92,7 +132,7 @@ def ungroup(t: torch.Tensor) -> torch.Tensor:
 
 
 STAGE2_GATHER = ("y=h@w2", "dh=dy@w2", "dw2=dy'h")
-WEIGHT_GRADS = ("dw2=dy'h", "dw2=dy'm", "dw1=dh'x")
+WEIGHT_GRADS = ("dw2=dy'h", "dw2=dy'm", "dw1=dh'x", "dw1p=dm'x")
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:
@@ -134,17 +174,28 @@ def run_product(name: str, a: torch.Tensor, b_: torch.Tensor, c: torch.Tensor, s
                 backend: str, overrides: dict | None = None) -> None:
     """C (=, or += for split weight gradients on Triton) the product ``name`` of a and b_."""
     G, M, N, K, sa, sb, sc = plan(name, *sizes)
+    split = two_level(name, *sizes)
     if backend == "torch":
-        A = a.as_strided((G, M, K), sa)
+        which, cs, hi = split or (0, 1, 0)
+        if which == 1:
+            A = a.as_strided((G, M // cs, cs, K), (sa[0], hi, sa[1], sa[2])).reshape(G, M, K)
+        elif which == 2:
+            A = a.as_strided((G, M, K // cs, cs), (sa[0], sa[1], hi, sa[2])).reshape(G, M, K)
+        else:
+            A = a.as_strided((G, M, K), sa)
         B = b_.as_strided((G, K, N), sb)
-        c.as_strided((G, M, N), sc).copy_(torch.matmul(A, B))
+        if which == 3:
+            c.as_strided((G, M, N // cs, cs), (sc[0], sc[1], hi, sc[2])).copy_(
+                torch.matmul(A, B).view(G, M, N // cs, cs))
+        else:
+            c.as_strided((G, M, N), sc).copy_(torch.matmul(A, B))
         return
     from .monarch_triton import launch
     if overrides and name in overrides:
         cfg = choose_config(name, G, M, N, K, _sms(a.device), overrides)
     else:
         cfg = _cached_config(name, G, M, N, K, _sms(a.device))
-    launch(a, b_, c, G, M, N, K, sa, sb, sc, cfg)
+    launch(a, b_, c, G, M, N, K, sa, sb, sc, cfg, split)
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,6 +227,17 @@ class _MonarchFunction(torch.autograd.Function):
         ov = overrides or {}
         x = x.contiguous()
         w1c, w2c = w1.contiguous(), w2.contiguous()
+        fold = use_fold(ov, b, q)
+        if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
+            w1c = fold_rows(w1c)
+            mid = x.new_empty(T, b, q)
+            run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
+            yg = x.new_empty(T, b, s)
+            run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
+            y = ungroup(yg)
+            ctx.save_for_backward(x, w1c, w2c, mid)
+            ctx.sizes, ctx.backend, ctx.overrides, ctx.fold = sizes, backend, ov, True
+            return y
         h = x.new_empty(T, b * q)
         run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
         if ov.get("gather"):
@@ -193,7 +255,7 @@ class _MonarchFunction(torch.autograd.Function):
                 y = x.new_empty(T, b * s)
                 run_product("y=m@w2>nat", mid, w2c, y, sizes, backend, ov)
         ctx.save_for_backward(x, w1c, w2c, mid)
-        ctx.sizes, ctx.backend, ctx.overrides = sizes, backend, ov
+        ctx.sizes, ctx.backend, ctx.overrides, ctx.fold = sizes, backend, ov, False
         return y
 
     @staticmethod
@@ -201,6 +263,8 @@ class _MonarchFunction(torch.autograd.Function):
         x, w1, w2, mid = ctx.saved_tensors
         sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
         T, b, p, q, s = sizes
+        if ctx.fold:
+            return _fold_backward(ctx, dy, x, w1, w2, mid) + (None, None)
         gather = bool(ov.get("gather"))
         dy = dy.contiguous() if gather else group(dy, b)  # the one backward copy
         need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
@@ -224,6 +288,43 @@ class _MonarchFunction(torch.autograd.Function):
                 dx = torch.empty_like(x)
                 run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
         return dx, dw1, dw2, None, None
+
+
+def _fold_backward(ctx, dy, x, w1p, w2, mid):
+    """Backward of the fold plan: dy grouped once; dh stays grouped (dm), which is what the
+    first factor's gradients read through their two-level index; dw1 un-permuted at the end."""
+    sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
+    T, b, p, q, s = sizes
+    dy = group(dy, b)
+    need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+    dx = dw1 = dw2 = None
+    if need_w2:
+        dw2 = _weight_grad("dw2=dy'm", dy, mid, w2, sizes, backend, ov)
+    if need_x or need_w1:
+        dm = x.new_empty(T, b, q)
+        run_product("dh=dy@w2>grp", dy, w2, dm, sizes, backend, ov)
+        if need_w1:
+            dw1 = unfold_rows(_weight_grad("dw1p=dm'x", dm, x, w1p, sizes, backend, ov))
+        if need_x:
+            dx = torch.empty_like(x)
+            run_product("dx=dm@w1p", dm, w1p, dx, sizes, backend, ov)
+    return dx, dw1, dw2
+
+
+# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN.
+FOLD_MIN_RUN = 8
+
+
+def use_fold(overrides: dict, b: int, q: int) -> bool:
+    """Whether the fold plan runs: ``overrides["fold"]`` if given, else where it applies and
+    its runs are at least ``FOLD_MIN_RUN`` elements; never with "gather" or "strided"."""
+    if overrides.get("gather") or overrides.get("store", "copy") != "copy":
+        return False
+    if not can_fold(b, q):
+        return False
+    if "fold" in overrides:
+        return bool(overrides["fold"])
+    return q // b >= FOLD_MIN_RUN
 
 
 def _weight_grad(name, a, b_, weight, sizes, backend, overrides):

@@ -13,6 +13,10 @@ Two tilings, picked by ``BL`` (a compile-time constant):
   makes every load and store contiguous runs of BL elements instead of stride-b gathers.
 ``SPLIT_K > 1`` splits the reduction over programs that add into a float32 ``C`` atomically
 (weight gradients reduce over all tokens but have few output tiles).
+``TWO_LEVEL`` addresses one index (A's rows, A's reduction index or C's columns) as
+``(i // cs)·s_hi + (i % cs)·stride``: runs of ``cs`` contiguous elements, which is how the first
+factor reads and writes the middle activation in the grouped layout the second factor needs
+(``monarch_kernels``, "fold"), with contiguity hints so the runs load and store as vectors.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ import triton.language as tl
 
 @triton.jit
 def strided_bmm_kernel(a_ptr, b_ptr, c_ptr, G, M, N, K,
-                       sag, sam, sak, sbg, sbk, sbn, scg, scm, scn,
+                       sag, sam, sak, sbg, sbk, sbn, scg, scm, scn, cs, s_hi,
                        BL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr):
+                       BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+                       TWO_LEVEL: tl.constexpr = 0, RUN: tl.constexpr = 1):
     pid = tl.program_id(0)
     pid_g = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -43,17 +48,35 @@ def strided_bmm_kernel(a_ptr, b_ptr, c_ptr, G, M, N, K,
     step = BK * SPLIT_K
     if BL == 1:
         g = pid_g.to(tl.int64)
-        a_ptrs = a_ptr + g * sag + rm[:, None] * sam + rk[None, :] * sak
+        # TWO_LEVEL: one index is addressed as (i // cs)·s_hi + (i % cs)·stride (runs of cs
+        # contiguous elements): 1 = A's rows, 2 = A's reduction index, 3 = C's columns
+        if TWO_LEVEL == 1:
+            am = (rm // cs) * s_hi + (rm % cs) * sam
+            am = tl.max_contiguous(tl.multiple_of(am, RUN), RUN)
+        else:
+            am = rm * sam
+        a_row = a_ptr + g * sag + am[:, None]
+        a_ptrs = a_row + rk[None, :] * sak
         b_ptrs = b_ptr + g * sbg + rk[:, None] * sbk + rn[None, :] * sbn
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for it in range(0, tl.cdiv(K, step)):
             kk = pid_k * BK + it * step + tl.arange(0, BK)
+            if TWO_LEVEL == 2:
+                k64 = kk.to(tl.int64)
+                ak = (k64 // cs) * s_hi + (k64 % cs) * sak
+                ak = tl.max_contiguous(tl.multiple_of(ak, RUN), RUN)
+                a_ptrs = a_row + ak[None, :]
             a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
             b = tl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             acc = tl.dot(a, b, acc)
             a_ptrs += step * sak
             b_ptrs += step * sbk
-        c_ptrs = c_ptr + g * scg + rm[:, None] * scm + rn[None, :] * scn
+        if TWO_LEVEL == 3:
+            cn = (rn // cs) * s_hi + (rn % cs) * scn
+            cn = tl.max_contiguous(tl.multiple_of(cn, RUN), RUN)
+        else:
+            cn = rn * scn
+        c_ptrs = c_ptr + g * scg + rm[:, None] * scm + cn[None, :]
         c_mask = (rm[:, None] < M) & (rn[None, :] < N)
     else:
         rg = (pid_g * BL + tl.arange(0, BL)).to(tl.int64)
@@ -81,12 +104,19 @@ def strided_bmm_kernel(a_ptr, b_ptr, c_ptr, G, M, N, K,
         tl.atomic_add(c_ptrs, acc, mask=c_mask)
 
 
-def launch(a, b, c, G, M, N, K, sa, sb, sc, cfg) -> None:
+def launch(a, b, c, G, M, N, K, sa, sb, sc, cfg, two_level=None) -> None:
     """Run ``strided_bmm_kernel``; ``cfg`` holds BL, BM, BN, BK, SPLIT_K, GROUP_M, num_warps,
-    num_stages (see ``monarch_kernels.choose_config``)."""
+    num_stages (see ``monarch_kernels.choose_config``); ``two_level`` is ``(which, cs, s_hi)``
+    (see the kernel) or None."""
     grid = (triton.cdiv(M, cfg["BM"]) * triton.cdiv(N, cfg["BN"]),
             triton.cdiv(G, cfg["BL"]), cfg["SPLIT_K"])
-    strided_bmm_kernel[grid](a, b, c, G, M, N, K, *sa, *sb, *sc,
+    which, cs, s_hi = two_level or (0, 1, 0)
+    tile = {0: 1, 1: cfg["BM"], 2: cfg["BK"], 3: cfg["BN"]}[which]
+    run = 1
+    while which and cs % (2 * run) == 0 and 2 * run <= tile:
+        run *= 2
+    strided_bmm_kernel[grid](a, b, c, G, M, N, K, *sa, *sb, *sc, cs, s_hi,
                              BL=cfg["BL"], BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
                              SPLIT_K=cfg["SPLIT_K"], GROUP_M=cfg["GROUP_M"],
+                             TWO_LEVEL=which, RUN=run,
                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -7,19 +7,44 @@ Halko, Martinsson & Tropp 2011). The randomized path never forms a full SVD: a Q
 and a symmetric eigendecomposition of a small (k+oversample)² Gram matrix, so it is fast for
 large batches of matrices on the GPU.
 
-GPU variant (``variant="fast"``, the default for CUDA tensors): orthonormalisation by
-Cholesky-QR twice (batched GEMMs and a batched Cholesky instead of a Householder QR, which is
-slow for batches on the GPU), one orthonormalisation per iteration instead of two, a wider
-subspace (``k + max(oversample, k // 2)``: sub-block spectra of real and random weights are
-flat, and oversampling is what makes the top ``k`` converge), and for
-``k == 1`` power iteration by repeated squaring of the Gram matrix (2^j power steps for j
-batched GEMMs of the small side). Timings in benchmarks/NOTES.md.
+Variants of the randomized path (``variant=``):
+- ``"householder"`` (the default off CUDA): Householder QR, oversample ``oversample``;
+- ``"fast"``: orthonormalisation by Cholesky-QR twice (batched GEMMs and a batched Cholesky
+  instead of a Householder QR, which is slow for batches on the GPU), one orthonormalisation per
+  iteration instead of two, a wider subspace (``k + max(oversample, k // 2)``: sub-block spectra
+  of real and random weights are flat, and oversampling is what makes the top ``k`` converge),
+  a Rayleigh-Ritz step by batched ``eigh``, and for ``k == 1`` power iteration by repeated
+  squaring of the Gram matrix (2^j power steps for j batched GEMMs of the small side);
+- ``"projector"`` (the default on CUDA for ``k > 1``): the same wide subspace iteration in
+  float64 (the H200's float64 matrix units run as fast as its float32 SIMT GEMMs, and float32
+  cannot resolve the small sub-block singular values of steep spectra), Cholesky-QR once per
+  iteration, and a Rayleigh-Ritz step without an eigensolver: the projector onto the top ``k``
+  eigenvectors of the small Gram matrix by trace-correcting purification (GEMMs only; Niklasson
+  2002), then an orthonormal basis of its range. It returns the best rank-k approximation in
+  the subspace as ``U`` (orthonormal), ``S`` = the norms of the rows of ``UᵀA`` (descending) and
+  ``V`` = those rows normalised: ``U·diag(S)·Vᵀ = U·Uᵀ·A`` and ``ΣS² = ‖UᵀA‖²`` exactly, but
+  ``S`` are not singular values and ``V`` is not orthogonal (for m < n the roles swap: ``V``
+  is the orthonormal factor, ``U·diag(S)·Vᵀ = A·V·Vᵀ``). Stopping: ``tol`` is the target
+  relative excess of the residual over the optimum. Once the subspace's captured energy grows by
+  at most ``√(tol/10)`` of the missed energy per iteration (a trigger only: for small k or
+  slowly decaying spectra that alone left 10x the target, benchmarks/NOTES.md), the
+  Rayleigh-Ritz energy of the best k directions is computed at consecutive iterations, and the
+  iteration stops when it grows by at most ``tol/5`` of the energy it misses. With
+  ``variant="auto"`` the target is at least ``AUTO_EXCESS`` (1e-4), the accuracy the GPU
+  projection promises (``monarch_fit.project`` passes 1e-6); ask ``variant="projector"`` or
+  ``method="exact"`` for tighter fits.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 METHODS = ("auto", "exact", "randomized")
+VARIANTS = ("auto", "fast", "householder", "projector")
+AUTO_EXCESS = 1e-4        # excess target of the default GPU path (projector variant)
+PURIFY_STEPS = 96         # at most this many purification steps (GEMMs of the small side)
+PURIFY_TOL = 1e-9         # stop purifying when the fractional occupation is this × k
 
 
 def topk_svd(a: torch.Tensor, k: int, method: str = "auto", max_iters: int = 60,
@@ -27,37 +52,58 @@ def topk_svd(a: torch.Tensor, k: int, method: str = "auto", max_iters: int = 60,
              generator: torch.Generator | None = None, variant: str = "auto"):
     """Top ``k`` singular triplets of each matrix in ``a`` (B, m, n); see module docstring.
 
-    ``variant``: ``"auto"`` (``"fast"`` on CUDA, ``"householder"`` elsewhere), ``"fast"`` or
-    ``"householder"`` (see module docstring).
-    Randomized: iterate until the energy the subspace captures, ``‖QᵀA‖²``, grows by less than
-    ``tol`` times the energy still missed, for every matrix (at most ``max_iters`` rounds).
+    ``variant``: ``"auto"`` (``"projector"`` on CUDA for k > 1, ``"fast"`` on CUDA for k = 1,
+    ``"householder"`` elsewhere), ``"fast"``, ``"householder"`` or ``"projector"``.
+    Randomized, ``fast``/``householder``: iterate until the energy the subspace captures,
+    ``‖QᵀA‖²``, grows by less than ``tol`` times the energy still missed, for every matrix (at
+    most ``max_iters`` rounds). ``projector``: see the module docstring.
     """
     if a.ndim != 3:
         raise ValueError(f"topk_svd expects a batch of matrices (B, m, n), got {tuple(a.shape)}")
     if method not in METHODS:
         raise ValueError(f"topk_svd: method must be one of {METHODS}, got {method!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"topk_svd: variant must be one of {VARIANTS}, got {variant!r}")
     batch, m, n = a.shape
     k = max(0, min(k, m, n))
     if method == "auto":
         on_cpu = a.device.type == "cpu"
         method = "exact" if (on_cpu or k + oversample >= min(m, n)) else "randomized"
     if method == "exact" or k + oversample >= min(m, n):
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        return u[..., :k], s[..., :k], vh[..., :k, :].mT
-    if variant not in ("auto", "fast", "householder"):
-        raise ValueError(
-            f"topk_svd: variant must be auto, fast or householder, got {variant!r}")
-    fast = variant == "fast" or (variant == "auto" and a.is_cuda)
-    if fast and k == 1:
+        return _exact(a, k)
+    chosen = variant
+    if variant == "auto":
+        chosen = ("fast" if k == 1 else "projector") if a.is_cuda else "householder"
+    fast = chosen in ("fast", "projector")
+    if fast and k == 1 and chosen == "fast":
         return _rank_one_by_squaring(a, max_iters, tol)
     if fast:
         oversample = max(oversample, k // 2)
         if k + oversample >= min(m, n):
-            return topk_svd(a, k, method="exact")
+            return _exact(a, k)
+    if chosen == "projector":
+        target = max(tol, AUTO_EXCESS) if variant == "auto" else tol
+        run = lambda t: _projector(t, k, max_iters, target, k + oversample,  # noqa: E731
+                                   generator)
+    else:
+        run = lambda t: _randomized(t, k, max_iters, tol, oversample,  # noqa: E731
+                                    generator, fast)
     if m < n:  # iterate on the taller side
-        v, s, u = _randomized(a.mT, k, max_iters, tol, oversample, generator, fast)
+        v, s, u = run(a.mT)
         return u, s, v
-    return _randomized(a, k, max_iters, tol, oversample, generator, fast)
+    return run(a)
+
+
+def _exact(a, k):
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    return u[..., :k], s[..., :k], vh[..., :k, :].mT
+
+
+def _gaussian(batch, rows, cols, like, generator):
+    if generator is None or generator.device == like.device:
+        return torch.randn(batch, rows, cols, dtype=like.dtype, device=like.device,
+                           generator=generator)
+    return torch.randn(batch, rows, cols, dtype=like.dtype, generator=generator).to(like.device)
 
 
 def _orth(y: torch.Tensor, fast: bool = False) -> torch.Tensor:
@@ -99,6 +145,96 @@ def _randomized(a, k, max_iters, tol, oversample, generator, fast=False):
     u = q @ w                                             # (B, m, k)
     v = small.mT @ w / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-2)
     return u, s, v
+
+
+# ---- the projector variant -------------------------------------------------------------------
+def _cholqr(y: torch.Tensor):
+    """One Cholesky-QR pass: (q, t) with q = y·t orthonormal up to rounding × cond(y)² (the
+    span is exact); a tiny diagonal shift keeps zero or rank-deficient blocks finite."""
+    gram = y.mT @ y
+    eye = torch.eye(gram.shape[-1], device=y.device, dtype=y.dtype)
+    shift = (10 * torch.finfo(y.dtype).eps * gram.diagonal(dim1=-2, dim2=-1).mean(-1)
+             ).clamp_min(torch.finfo(y.dtype).tiny)
+    chol, info = torch.linalg.cholesky_ex(gram + shift[:, None, None] * eye)
+    if bool(info.any()):  # numerically rank deficient beyond the shift: Householder
+        return torch.linalg.qr(y).Q, None
+    t = torch.linalg.solve_triangular(chol, eye, upper=False).mT     # L⁻ᵀ
+    return y @ t, t
+
+
+def _top_projector(g: torch.Tensor, k: int, steps: int = PURIFY_STEPS) -> torch.Tensor:
+    """The orthogonal projector onto the top-``k`` eigenvectors of each symmetric PSD ``g``
+    (B, w, w), by trace-correcting purification: scale the spectrum into [0, 1], then apply
+    x ↦ x² (lowers the trace) or x ↦ 2x − x² (raises it), whichever lands the trace closer to
+    ``k``; both fix 0 and 1 and keep the eigenvalue order, so the top ``k`` go to 1 and the rest
+    to 0. Eigenvalues closer together than the working precision stay fractional (either choice
+    loses no energy). One batched GEMM per step."""
+    tiny = torch.finfo(g.dtype).tiny
+    bound = torch.minimum(g.norm(dim=(-2, -1)), g.abs().sum(-1).amax(-1)).clamp_min(tiny)
+    x = g / bound[:, None, None]
+    for step in range(1, steps + 1):
+        x2 = x @ x
+        t1 = x.diagonal(dim1=-2, dim2=-1).sum(-1)
+        t2 = x2.diagonal(dim1=-2, dim2=-1).sum(-1)
+        up = ((2 * t1 - t2 - k).abs() < (t2 - k).abs()).to(x.dtype)[:, None, None]
+        x = torch.addcmul(x2, up, x - x2, value=2.0)     # up: 2x − x², else x²
+        # converged: trace(x − x²) = Σ x(1 − x), the fractional occupation, is at rounding level
+        if step % 8 == 0 and bool(((t1 - t2).abs() <= PURIFY_TOL * max(k, 1)).all()):
+            break
+    return (x + x.mT) / 2
+
+
+def _projector(a, k, max_iters, target, width, generator, check=True,
+               steps=PURIFY_STEPS):
+    """Subspace iteration (float64) for (B, m, n), m >= n, with a purification Rayleigh-Ritz
+    step; returns the best rank-k approximation in the subspace as (U, S, V), see the module
+    docstring. ``check``: confirm the stop by the Rayleigh-Ritz energy of consecutive
+    iterations (one more iteration and one more purification), else stop on the subspace's
+    energy growth alone."""
+    out_dtype = a.dtype
+    work = a if a.dtype == torch.float64 else a.double()
+    batch, m, n = work.shape
+    width = min(width, n)
+    tiny = torch.finfo(work.dtype).tiny
+    total = work.square().sum((-2, -1))
+    q, _ = _cholqr(work @ _gaussian(batch, n, width, work, generator))
+    step_tol = math.sqrt(max(target, 0.0) / 10)
+    previous = energy = None
+    for it in range(max_iters + 1):
+        z = work.mT @ q                                   # (B, n, width)
+        captured = z.square().sum((-2, -1))
+        last = it == max_iters
+        if energy is not None or (previous is not None and bool(
+                ((captured - previous) <= step_tol * (total - captured).clamp_min(tiny)).all())):
+            # candidate stop: the Rayleigh-Ritz energy of this subspace, against the last one
+            q, t = _cholqr(q)                             # second pass: orthonormal
+            z = z @ t if t is not None else work.mT @ q
+            proj = _top_projector(z.mT @ z, k, steps)    # (B, width, width)
+            now = (proj * (z.mT @ z)).sum((-2, -1))       # trace(P G): energy of the best k
+            if not check or last or (energy is not None and bool(
+                    ((now - energy) <= 0.2 * target * (total - now).clamp_min(tiny)).all())):
+                break
+            energy = now
+        elif last:
+            q, t = _cholqr(q)
+            z = z @ t if t is not None else work.mT @ q
+            proj = _top_projector(z.mT @ z, k, steps)
+            break
+        previous = captured
+        q, _ = _cholqr(work @ z)
+    pick = proj.diagonal(dim1=-2, dim2=-1).topk(k, dim=-1).indices.sort(-1).values
+    basis = torch.take_along_dim(proj, pick[:, None, :], dim=-1)      # (B, width, k)
+    basis, t2 = _cholqr(basis)
+    if t2 is not None:
+        basis, _ = _cholqr(basis)
+    u = q @ basis                                         # (B, m, k)
+    zk = z @ basis                                        # (B, n, k) = Aᵀ U
+    s = zk.norm(dim=-2)                                   # (B, k)
+    s, order = s.sort(-1, descending=True)
+    u = torch.take_along_dim(u, order[:, None, :], dim=-1)
+    zk = torch.take_along_dim(zk, order[:, None, :], dim=-1)
+    v = zk / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-2)
+    return u.to(out_dtype), s.to(out_dtype), v.to(out_dtype)
 
 
 def _rank_one_by_squaring(a, max_squarings, tol):
