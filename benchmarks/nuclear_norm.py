@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.analysis.entropy import (matrix_entropy, matrix_nuclear_norm,  # noqa: E402
                                         normalised_states)
-from workbench.runs.environment import environment_info  # noqa: E402
+from workbench.environment import environment_info  # noqa: E402
 
 
 def entropy_dxd(hidden: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.analysis.spectra import fit_power_law, spectra  # noqa: E402
-from workbench.runs.environment import environment_info  # noqa: E402
+from workbench.environment import environment_info  # noqa: E402
 
 TARGET_S = 60.0
 FULL = {"layers": 32, "hidden": 4096, "ffn": 11008, "vocab": 32000}

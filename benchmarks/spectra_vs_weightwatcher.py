@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.analysis.spectra import spectra  # noqa: E402
 from workbench.models.pretrained import load_minilm  # noqa: E402
-from workbench.runs.environment import environment_info  # noqa: E402
+from workbench.environment import environment_info  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
 FIT = ["alpha", "D", "xmin", "sigma", "alpha_weighted"]

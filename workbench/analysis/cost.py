@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..runs.environment import device_name
+from ..environment import device_name
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .environment import environment_info
+from ..environment import environment_info
 from .log import RESULTS_FILE, read_results
 from .parameters import read_parameters, resolve_parameters
 from .record import RunRecord

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .environment import environment_info
+from ..environment import environment_info
 from .record import RunRecord
 
 RESULTS_FILE = "results.json"

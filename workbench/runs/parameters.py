@@ -15,8 +15,6 @@ import tokenize
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 _CHOICES = re.compile(r"\(one of:\s*([^)]*)\)\s*$")
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
@@ -83,7 +81,7 @@ def _literal_or_string(text: str) -> Any:
         return text
 
 
-def parameters_cell(nb: nbformat.NotebookNode, path: str | Path = "notebook") -> str:
+def parameters_cell(nb, path: str | Path = "notebook") -> str:
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
             return cell.source
@@ -92,6 +90,7 @@ def parameters_cell(nb: nbformat.NotebookNode, path: str | Path = "notebook") ->
 
 def read_parameters(notebook: str | Path) -> dict[str, Parameter]:
     """The parameters declared in a notebook file, in order."""
+    import nbformat  # lazily: the library itself does not need Jupyter's packages
     path = Path(notebook)
     if not path.exists():
         raise FileNotFoundError(f"notebook not found: {path}")

@@ -30,7 +30,7 @@ def _cpu_model() -> str:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The workbench checkout's commit (with ``+dirty`` when it has local changes), or ''."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                                 capture_output=True, text=True, timeout=5).stdout.strip()
