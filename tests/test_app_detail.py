@@ -177,3 +177,33 @@ def test_dashboard_click_and_row_selection_open_the_detail(store):
     dash.table.widget.selection = [int((rows["run_id"] == "monarch").to_numpy().argmax())]
     assert dash.detail.run_id == "monarch" and dash.tabs.active == 1
     assert resolve_store_url(store.url) == dash.detail.store
+
+
+def test_model_inspectors_spectra_masks_and_attention(store, tmp_path):
+    import panel as pn
+    import torch
+
+    from workbench.analysis.attention import AttentionMaps
+    from workbench.app.inspectors import model_figure_builders
+
+    d = detail_for(store, "dense")
+    grid = d.model_figures(d.record)
+    titles = list(model_figure_builders(store.artifact, d.record.artifacts))
+    assert titles[:2] == ["Weight spectra: α per layer", "Weight spectra: stable rank per layer"]
+    assert "Sparsity per layer" in titles
+    assert len(grid.objects) == len(titles) and not alert_text(grid)
+    # attention maps saved by a run (dense and compressed) give the attention figures
+    folder = store.run_dir("attention-run")
+    attn = torch.softmax(torch.randn(2, 2, 5, 5), -1)
+    for name, maps in (("dense", attn), ("monarch", torch.softmax(attn, -1))):
+        AttentionMaps(attn=maps, tokens=list("abcde"), layer_names=["l0", "l1"],
+                      layers=[0, 1], heads=[0, 1]).save(folder / f"{name}.pt")
+    builders = model_figure_builders(store.artifact, {
+        "attention_dense": "attention-run/dense.pt", "attention_monarch": "attention-run/monarch.pt"})
+    assert {"Attention grid", "Head summaries", "Attention change"} <= set(builders)
+    assert all(len(build().data) for build in builders.values())
+    # nothing to show, and a refused path, are said, not raised
+    assert "saved no checkpoint" in alert_text(d.model_figures(detail_for(store, "failed").record))
+    escape = detail_for(store, "escape")
+    assert "outside the store" in alert_text(escape.model_figures(escape.record))
+    assert isinstance(grid, pn.GridBox)

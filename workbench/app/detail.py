@@ -18,7 +18,7 @@ import param
 import plotly.graph_objects as go
 from panel.viewable import Viewer
 
-from .inspectors import checkpoint_layers, describe_layer, figure_builders
+from .inspectors import checkpoint_layers, describe_layer, figure_builders, model_figure_builders
 from workbench.runs.record import RunRecord
 from workbench.runs.store import RunStore
 
@@ -285,6 +285,21 @@ class RunDetail(Viewer):
         panes = [_figure_pane(t, b) for t, b in figure_builders(layer).items()]
         return pn.GridBox(*panes, ncols=2, sizing_mode="stretch_width")
 
+    def model_figures(self, record: RunRecord | None):
+        """Spectra, masks and attention of the whole model, from the run's artifacts."""
+        if record is None:
+            return pn.Spacer(height=0)
+        try:
+            builders = model_figure_builders(self.run_store.artifact, record.artifacts)
+        except Exception as exc:  # a missing or refused artifact: say so, never a traceback
+            return pn.pane.Alert(f"The run's artifacts cannot be inspected: {_text(exc)}",
+                                 alert_type="danger", sizing_mode="stretch_width")
+        if not builders:
+            return pn.pane.Alert("This run saved no checkpoint, masks or attention maps.",
+                                 alert_type="info", sizing_mode="stretch_width")
+        panes = [_figure_pane(t, b) for t, b in builders.items()]
+        return pn.GridBox(*panes, ncols=2, sizing_mode="stretch_width")
+
     def _build(self) -> pn.Column:
         p = self.param
         has_layers = pn.bind(bool, p.layers)
@@ -296,7 +311,10 @@ class RunDetail(Viewer):
             sizing_mode="stretch_width")
         notebook = pn.panel(pn.bind(self.notebook, p.record), loading_indicator=True, lazy=True,
                             sizing_mode="stretch_width")
-        sections = pn.Tabs(("Inspectors", inspectors), ("Output notebook", notebook),
+        model = pn.panel(pn.bind(self.model_figures, p.record), loading_indicator=True,
+                         lazy=True, sizing_mode="stretch_width")
+        sections = pn.Tabs(("Inspectors", inspectors), ("Model: spectra, masks, attention", model),
+                           ("Output notebook", notebook),
                            dynamic=True, sizing_mode="stretch_width",
                            visible=pn.bind(lambda r: r is not None, p.record))
         return pn.Column(pn.bind(self.header, p.record, p.problem),

@@ -108,3 +108,42 @@ def figure_builders(layer) -> dict[str, Callable[[], go.Figure]]:
 def layer_figures(layer) -> dict[str, go.Figure]:
     """Every inspector figure for ``layer`` (errors propagate)."""
     return {title: build() for title, build in figure_builders(layer).items()}
+
+
+# ---- whole-model inspectors ------------------------------------------------------------------
+def model_figure_builders(artifact: Callable[[str], Path], artifacts: dict[str, str]
+                          ) -> dict[str, Callable[[], go.Figure]]:
+    """Title -> builder of the whole-model figures a run's artifacts allow: weight spectra and
+    masks from its checkpoint (or saved masks), attention maps (and their change) from saved
+    ``AttentionMaps``. ``artifact`` resolves a record's relative path (refusing escapes)."""
+    from workbench.analysis.attention import AttentionMaps
+    from workbench.viz.attention import attention_figures
+    from workbench.viz.masks import mask_figures
+    from workbench.viz.spectra import spectra_summary_figure
+
+    builders: dict[str, Callable[[], go.Figure]] = {}
+    if artifacts.get("checkpoint"):
+        path = artifact(artifacts["checkpoint"])
+
+        def table():
+            return _spectra_table(str(path), path.stat().st_mtime_ns)
+        builders["Weight spectra: α per layer"] = lambda: spectra_summary_figure(table(), "alpha")
+        builders["Weight spectra: stable rank per layer"] = lambda: spectra_summary_figure(
+            table(), "stable_rank")
+    mask_source = artifacts.get("masks") or artifacts.get("checkpoint")
+    if mask_source:
+        builders.update(mask_figures(str(artifact(mask_source))))
+    attention = sorted(k for k in artifacts if k.startswith("attention"))
+    if attention:
+        maps = [AttentionMaps.load(artifact(artifacts[k])) for k in attention[:2]]
+        labels = tuple(k.removeprefix("attention_") for k in attention[:2])
+        builders.update(attention_figures(maps[0], maps[1] if len(maps) > 1 else None,
+                                          labels=labels if len(labels) == 2 else
+                                          ("dense", "compressed")))
+    return builders
+
+
+@pn.cache(max_items=8)
+def _spectra_table(path: str, mtime_ns: int):
+    from workbench.analysis.spectra_io import spectra_from_checkpoint
+    return spectra_from_checkpoint(path, progress=False)
