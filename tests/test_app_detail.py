@@ -202,6 +202,14 @@ def test_model_inspectors_spectra_masks_and_attention(store, tmp_path):
         "attention_dense": "attention-run/dense.pt", "attention_monarch": "attention-run/monarch.pt"})
     assert {"Attention grid", "Head summaries", "Attention change"} <= set(builders)
     assert all(len(build().data) for build in builders.values())
+    # a run's saved mask evolution (as inspect_masks writes it) is drawn
+    import pandas as pd
+    pd.DataFrame({"layer": ["a", "a", "b", "b"], "step": [0, 10, 0, 10],
+                  "sparsity": [0.1, 0.5, 0.2, 0.5], "iou_prev": [None, 0.6, None, 0.7],
+                  "iou_final": [0.6, 1.0, 0.7, 1.0], "flipped": [None, 0.3, None, 0.2]}
+                 ).to_csv(folder / "evolution.csv", index=False)
+    evolution = model_figure_builders(store.artifact, {"mask_evolution": "attention-run/evolution.csv"})
+    assert len(evolution["Mask evolution across checkpoints"]().data) >= 2
     # nothing to show, and a refused path, are said, not raised
     assert "saved no checkpoint" in alert_text(d.model_figures(detail_for(store, "failed").record))
     escape = detail_for(store, "escape")

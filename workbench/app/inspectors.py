@@ -133,6 +133,13 @@ def model_figure_builders(artifact: Callable[[str], Path], artifacts: dict[str, 
     mask_source = artifacts.get("masks") or artifacts.get("checkpoint")
     if mask_source:
         builders.update(mask_figures(str(artifact(mask_source))))
+    if artifacts.get("mask_evolution"):
+        import pandas as pd
+
+        from workbench.viz.masks import mask_evolution_figure
+        evolution = artifact(artifacts["mask_evolution"])
+        builders["Mask evolution across checkpoints"] = lambda: mask_evolution_figure(
+            pd.read_csv(evolution))
     attention = sorted(k for k in artifacts if k.startswith("attention"))
     if attention:
         maps = [AttentionMaps.load(artifact(artifacts[k])) for k in attention[:2]]
