@@ -215,3 +215,22 @@ def test_model_inspectors_spectra_masks_and_attention(store, tmp_path):
     escape = detail_for(store, "escape")
     assert "outside the store" in alert_text(escape.model_figures(escape.record))
     assert isinstance(grid, pn.GridBox)
+
+
+def test_attention_grid_click_opens_that_heads_token_view():
+    import torch
+
+    from workbench.analysis.attention import AttentionMaps
+    from workbench.app.attention_explorer import AttentionExplorer, clicked_head
+
+    attn = torch.softmax(torch.randn(2, 3, 4, 4), -1)
+    maps = AttentionMaps(attn=attn, tokens=list("abcd"), layer_names=["l0", "l1"],
+                         layers=[0, 1], heads=[0, 1, 2])
+    explorer = AttentionExplorer(maps)
+    assert (explorer.layer, explorer.head) == (0, 0)
+    trace = 1 * 3 + 2  # row 1 (layer 1), column 2 (head 2)
+    assert clicked_head({"points": [{"curveNumber": trace}]}, explorer.grid) == (1, 2)
+    explorer._grid_pane.click_data = {"points": [{"curveNumber": trace, "x": 1, "y": 2}]}
+    assert (explorer.layer, explorer.head) == (1, 2)
+    assert "Layer 1 (l1), head 2" in explorer.token_view().object.layout.title.text
+    assert clicked_head(None, explorer.grid) is None

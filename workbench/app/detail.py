@@ -297,8 +297,17 @@ class RunDetail(Viewer):
         if not builders:
             return pn.pane.Alert("This run saved no checkpoint, masks or attention maps.",
                                  alert_type="info", sizing_mode="stretch_width")
-        panes = [_figure_pane(t, b) for t, b in builders.items()]
-        return pn.GridBox(*panes, ncols=2, sizing_mode="stretch_width")
+        panes = [_figure_pane(t, b) for t, b in builders.items()
+                 if t not in ("Attention grid", "Token view")]
+        grid = pn.GridBox(*panes, ncols=2, sizing_mode="stretch_width")
+        attention = sorted(k for k in record.artifacts if k.startswith("attention"))
+        if not attention:
+            return grid
+        from workbench.analysis.attention import AttentionMaps
+
+        from .attention_explorer import AttentionExplorer
+        maps = AttentionMaps.load(self.run_store.artifact(record.artifacts[attention[0]]))
+        return pn.Column(AttentionExplorer(maps), grid, sizing_mode="stretch_width")
 
     def _build(self) -> pn.Column:
         p = self.param
