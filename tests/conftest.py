@@ -31,3 +31,17 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """The tiny synthetic classification set (ci size)."""
+    from workbench.data import load_dataset
+    return load_dataset("synthetic", size="ci")
+
+
+@pytest.fixture(scope="module")
+def text():
+    """The standard-library byte corpus (ci size)."""
+    from workbench.data import load_dataset
+    return load_dataset("bytes", size="ci")

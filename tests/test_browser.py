@@ -2,6 +2,7 @@
 
 The runs below are made-up test data with plausible values (an MLP on mnist1d), not results.
 """
+import contextlib
 import os
 import socket
 import subprocess
@@ -116,96 +117,98 @@ def served_store(tmp_path_factory):
         log.close()
 
 
-def test_dashboard_shows_the_seeded_runs(served_store):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browser_page(height: int = 1000):
+    """A headless Chromium page (1400 px wide) and the list its page errors are added to."""
+    from playwright.sync_api import sync_playwright
 
-    url, store, ids = served_store
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": height})
             errors = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url)
-            expect(page.get_by_text("Structured-matrix workbench").first).to_be_visible(
-                timeout=20_000)
-
-            # Default axes: accuracy against FLOPs; every seeded run is one point.
-            points = page.locator(POINTS)
-            expect(points).to_have_count(len(ids), timeout=20_000)
-            expect(page.locator(".gtitle").first).to_contain_text("accuracy vs FLOPs")
-            expect(page.locator(".legendtext")).to_have_count(3)  # dense, gmp, monarch
-            # The table lists every run, the failed one included.
-            for run_id in ids:
-                expect(page.get_by_text(run_id).first).to_be_attached()
-
-            # Switch quality to loss: same points, new axis title.
-            page.locator("select:has(option:text-is('loss'))").select_option(label="loss")
-            expect(page.locator(".gtitle").first).to_contain_text("loss vs FLOPs")
-            expect(points).to_have_count(len(ids))
-            # Switch cost to latency: two runs have no latency, so they leave the plot.
-            page.locator("select:has(option:text-is('latency (ms)'))").select_option(
-                label="latency (ms)")
-            expect(page.locator(".gtitle").first).to_contain_text("loss vs latency (ms)")
-            expect(points).to_have_count(len(ids) - 2)
-
-            page.locator("select:has(option:text-is('latency (ms)'))").select_option(
-                label="FLOPs per sample")
-            page.locator("select:has(option:text-is('loss'))").select_option(label="accuracy")
-            expect(points).to_have_count(len(ids))
-            page.wait_for_timeout(500)  # let Plotly finish its transition before the picture
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-
-            # A run logged while the page is open appears after "Reload runs".
-            RunStore(store).add(RunRecord(method="dense", model="mlp-256", dataset="mnist1d",
-                                          metrics={"accuracy": 0.93, "loss": 0.25},
-                                          cost={"flops_per_sample": 4.2e6}))
-            page.get_by_role("button", name="Reload runs").click()
-            expect(points).to_have_count(len(ids) + 1)
-            assert not errors, errors
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_dashboard_shows_the_seeded_runs(served_store):
+    from playwright.sync_api import expect
+
+    url, store, ids = served_store
+    with browser_page() as (page, errors):
+        page.goto(url)
+        expect(page.get_by_text("Structured-matrix workbench").first).to_be_visible(
+            timeout=20_000)
+
+        # Default axes: accuracy against FLOPs; every seeded run is one point.
+        points = page.locator(POINTS)
+        expect(points).to_have_count(len(ids), timeout=20_000)
+        expect(page.locator(".gtitle").first).to_contain_text("accuracy vs FLOPs")
+        expect(page.locator(".legendtext")).to_have_count(3)  # dense, gmp, monarch
+        # The table lists every run, the failed one included.
+        for run_id in ids:
+            expect(page.get_by_text(run_id).first).to_be_attached()
+
+        # Switch quality to loss: same points, new axis title.
+        page.locator("select:has(option:text-is('loss'))").select_option(label="loss")
+        expect(page.locator(".gtitle").first).to_contain_text("loss vs FLOPs")
+        expect(points).to_have_count(len(ids))
+        # Switch cost to latency: two runs have no latency, so they leave the plot.
+        page.locator("select:has(option:text-is('latency (ms)'))").select_option(
+            label="latency (ms)")
+        expect(page.locator(".gtitle").first).to_contain_text("loss vs latency (ms)")
+        expect(points).to_have_count(len(ids) - 2)
+
+        page.locator("select:has(option:text-is('latency (ms)'))").select_option(
+            label="FLOPs per sample")
+        page.locator("select:has(option:text-is('loss'))").select_option(label="accuracy")
+        expect(points).to_have_count(len(ids))
+        page.wait_for_timeout(500)  # let Plotly finish its transition before the picture
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # A run logged while the page is open appears after "Reload runs".
+        RunStore(store).add(RunRecord(method="dense", model="mlp-256", dataset="mnist1d",
+                                      metrics={"accuracy": 0.93, "loss": 0.25},
+                                      cost={"flops_per_sample": 4.2e6}))
+        page.get_by_role("button", name="Reload runs").click()
+        expect(points).to_have_count(len(ids) + 1)
+        assert not errors, errors
 
 
 def test_clicking_a_point_or_a_row_opens_the_run_detail(served_store):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, store, ids = served_store
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            # Tall, so the screenshot shows the whole detail (the template scrolls inside).
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url)
-            points = page.locator(POINTS)
-            expect(points.first).to_be_visible(timeout=20_000)
+    # Tall, so the screenshot shows the whole detail (the template scrolls inside).
+    with browser_page(height=1800) as (page, errors):
+        page.goto(url)
+        points = page.locator(POINTS)
+        expect(points.first).to_be_visible(timeout=20_000)
 
-            # A click on a point (Plotly listens on its drag layer, so click by position).
-            box = points.first.bounding_box()
-            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            header = page.locator("h2:has-text('Run ')")
-            expect(header).to_be_visible(timeout=10_000)
-            assert header.locator("code").inner_text() in ids
+        # A click on a point (Plotly listens on its drag layer, so click by position).
+        box = points.first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        header = page.locator("h2:has-text('Run ')")
+        expect(header).to_be_visible(timeout=10_000)
+        assert header.locator("code").inner_text() in ids
 
-            # A row of the runs table: the Monarch run with a checkpoint and a notebook.
-            page.locator(".bk-tab", has_text="Runs").click()
-            page.locator(".tabulator-row", has_text=ids[WITH_ARTIFACTS]).first.click()
-            expect(header.locator("code")).to_have_text(ids[WITH_ARTIFACTS], timeout=10_000)
-            layer = page.locator("select:has(option:has-text('Monarch 64×32, nblocks=4'))")
-            expect(layer).to_be_visible()
-            figures = page.locator(".js-plotly-plot")
-            expect(figures).to_have_count(4, timeout=10_000)  # factors, weight, spectra, P1
-            page.wait_for_timeout(500)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "run_detail.png"), full_page=True)
+        # A row of the runs table: the Monarch run with a checkpoint and a notebook.
+        page.locator(".bk-tab", has_text="Runs").click()
+        page.locator(".tabulator-row", has_text=ids[WITH_ARTIFACTS]).first.click()
+        expect(header.locator("code")).to_have_text(ids[WITH_ARTIFACTS], timeout=10_000)
+        layer = page.locator("select:has(option:has-text('Monarch 64×32, nblocks=4'))")
+        expect(layer).to_be_visible()
+        figures = page.locator(".js-plotly-plot")
+        expect(figures).to_have_count(4, timeout=10_000)  # factors, weight, spectra, P1
+        page.wait_for_timeout(500)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "run_detail.png"), full_page=True)
 
-            page.locator(".bk-tab", has_text="Output notebook").click()
-            notebook = page.frame_locator("iframe[title='output notebook']")
-            expect(notebook.get_by_text("Monarch on mnist1d")).to_be_visible(timeout=10_000)
-            expect(notebook.locator(".js-plotly-plot .point")).to_have_count(2)  # the bars
-            assert not errors, errors
-        finally:
-            browser.close()
+        page.locator(".bk-tab", has_text="Output notebook").click()
+        notebook = page.frame_locator("iframe[title='output notebook']")
+        expect(notebook.get_by_text("Monarch on mnist1d")).to_be_visible(timeout=10_000)
+        expect(notebook.locator(".js-plotly-plot .point")).to_have_count(2)  # the bars
+        assert not errors, errors

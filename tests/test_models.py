@@ -3,18 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.data import load_dataset
 from workbench.models import GPT, GPTConfig, Mixer1D, build_model
-
-
-@pytest.fixture(scope="module")
-def blobs():
-    return load_dataset("synthetic", size="ci")
-
-
-@pytest.fixture(scope="module")
-def text():
-    return load_dataset("bytes", size="ci")
 
 
 @pytest.mark.parametrize("name", ["mlp", "mixer"])

@@ -10,16 +10,6 @@ from workbench.models import build_model
 from workbench.train import TrainResult, evaluate, lr_factor, resolve_device, train
 
 
-@pytest.fixture(scope="module")
-def blobs():
-    return load_dataset("synthetic", size="ci")
-
-
-@pytest.fixture(scope="module")
-def text():
-    return load_dataset("bytes", size="ci")
-
-
 def test_resolve_device():
     expected = "cuda:0" if torch.cuda.is_available() else "cpu"
     assert str(resolve_device("auto")) == expected
