@@ -59,6 +59,19 @@ def linear_bias(module: nn.Module) -> torch.Tensor | None:
     return getattr(module, "bias", None)
 
 
+@torch.no_grad()
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A plain ``nn.Linear`` holding copies of ``weight`` (out, in) and ``bias`` (out,), on the
+    weight's device and dtype: how structured layers turn back into dense ones."""
+    out_features, in_features = weight.shape
+    layer = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device,
+                      dtype=weight.dtype)
+    layer.weight.copy_(weight)
+    if bias is not None:
+        layer.bias.copy_(bias)
+    return layer
+
+
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features)."""
     if isinstance(getattr(module, "in_features", None), int) and \
@@ -274,5 +287,6 @@ def replace_linears(model: nn.Module, factory: Factory, include: Pattern = None,
     return report
 
 
-__all__ = ["LINEAR_TYPES", "Replacement", "Skip", "Skipped", "SurgeryReport", "find_linears",
-           "linear_bias", "linear_shape", "linear_weight", "name_groups", "replace_linears"]
+__all__ = ["LINEAR_TYPES", "Replacement", "Skip", "Skipped", "SurgeryReport", "dense_linear",
+           "find_linears", "linear_bias", "linear_shape", "linear_weight", "name_groups",
+           "replace_linears"]

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -139,13 +139,17 @@ def train(
     warmup_steps: int = 0,
     grad_clip: float | None = 1.0,
     eval_batches: int = 8,
+    on_step: Callable[[int], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` AdamW steps on random batches of ``dataset``.
 
     ``seed`` fixes batch order and dropout (seed the model's initialisation through
     ``build_model(..., seed=...)``). ``eval_every`` evaluates on the test split every that many
     steps (and always once at the end). Raises ``FloatingPointError`` naming the step when
-    the training loss is NaN or infinite.
+    the training loss is NaN or infinite. ``on_step(step)``, when given, is called after each
+    optimizer step (1-based), before any evaluation, with that step's gradients still in
+    ``.grad``: the hook for methods whose masks change while training (GMP, dynamic sparse;
+    see ``workbench.structures.masked.Sparsifier``).
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine' or 'constant'")
@@ -181,6 +185,8 @@ def train(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step)
         metrics = None
         if eval_every and (step % eval_every == 0 or step == steps):
             metrics = run_eval()

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..surgery import dense_linear
+
 INITS = ("variance_matched", "reference")
 
 
@@ -120,13 +122,7 @@ class MonarchLinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """An ``nn.Linear`` with the same function (for reverse sparsification)."""
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.w1.device, dtype=self.w1.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(self.to_dense())
-            if self.bias is not None:
-                layer.bias.copy_(self.bias)
-        return layer
+        return dense_linear(self.to_dense(), self.bias)
 
     # ---- cost --------------------------------------------------------------------------------
     def num_params(self) -> int:
