@@ -3,7 +3,8 @@
     workbench run notebooks/baseline.ipynb -p width 64 -p preset ci
     workbench sweep notebooks/baseline.ipynb -g width 32,64,128 -p preset ci
     workbench runs list | show RUN_ID | export --format csv|parquet -o FILE
-    workbench serve [--address 0.0.0.0] [--port 5006]
+    workbench serve [--address 0.0.0.0] [--port 5006] [--basic-auth FILE] [--num-procs N]
+    workbench passwd FILE USER
     workbench lab
 
 Exit status: 0 ok, 1 a run failed, 2 bad command line or notebook parameters.
@@ -82,10 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=_runs_import)
 
     serve = sub.add_parser("serve", help="serve the dashboard (localhost unless told otherwise)")
-    serve.add_argument("--address", default="localhost")
+    serve.add_argument("--address", default="localhost",
+                       help="interface to listen on (0.0.0.0: every machine that can reach it)")
     serve.add_argument("--port", type=int, default=5006)
+    serve.add_argument("--basic-auth", metavar="FILE",
+                       help='require a login: JSON {"user": "password hash"} (see `passwd`)')
+    serve.add_argument("--num-procs", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port (0: one per core)")
+    serve.add_argument("--cookie-secret", help="signs login cookies (default: "
+                       "$WORKBENCH_COOKIE_SECRET, else a secret kept beside the store)")
     serve.add_argument("--show", action="store_true", help="open a browser")
     serve.set_defaults(handler=_serve)
+
+    passwd = sub.add_parser("passwd", help="add a user to a --basic-auth file, or change their "
+                                           "password (stored hashed)")
+    passwd.add_argument("file")
+    passwd.add_argument("user")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from stdin instead of prompting")
+    passwd.set_defaults(handler=_passwd)
 
     lab = sub.add_parser("lab", help="open JupyterLab on the notebooks")
     lab.add_argument("extra", nargs=argparse.REMAINDER)
@@ -204,7 +220,23 @@ def _runs_import(args) -> int:
 
 def _serve(args) -> int:
     from .app.serve import serve
-    serve(store=args.store, address=args.address, port=args.port, show=args.show)
+    serve(store=args.store, address=args.address, port=args.port, show=args.show,
+          basic_auth=args.basic_auth, num_procs=args.num_procs, cookie_secret=args.cookie_secret)
+    return 0
+
+
+def _passwd(args) -> int:
+    from .app.serve import set_password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("workbench: error: the passwords differ", file=sys.stderr)
+            return 2
+    set_password(args.file, args.user, password)
+    print(f"{args.file}: password of {args.user} set (hashed)", file=sys.stderr)
     return 0
 
 

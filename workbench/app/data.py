@@ -5,11 +5,16 @@ are ``cost.<name>`` (plus the run's wall time ``duration_s``), parameters are ``
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import panel as pn
+import sqlalchemy as sa
 
-from workbench.runs.store import RunStore, resolve_store_url
+from workbench.runs.record import RecordError, RunRecord
+from workbench.runs.store import CorruptRecord, RunStore, resolve_store_url, runs_table
 
 # Columns every frame has, even an empty one or one holding only corrupt rows.
 BASE_COLUMNS = ("run_id", "created_at", "status", "error", "method", "notebook", "model",
@@ -18,6 +23,8 @@ BASE_COLUMNS = ("run_id", "created_at", "status", "error", "method", "notebook",
 LOWER_IS_BETTER = ("loss", "bits_per_byte", "perplexity", "error", "error_rate", "mse", "nll")
 # Cost columns where a larger number is better (everything else: smaller is cheaper).
 HIGHER_COST_IS_BETTER = ("cost.throughput_per_s",)
+# Flat column prefix -> nested group of a record body (``artifacts`` is not flattened).
+NESTED = {"param": "parameters", "metric": "metrics", "cost": "cost"}
 LABELS = {
     "cost.params": "parameters", "cost.nonzeros": "nonzero weights",
     "cost.flops_per_sample": "FLOPs per sample", "cost.latency_ms": "latency (ms)",
@@ -25,24 +32,78 @@ LABELS = {
     "cost.throughput_per_s": "throughput (samples/s)", "duration_s": "duration (s)",
     "metric.bits_per_byte": "bits per byte",
 }
-CACHE_SECONDS = 5.0
+MAX_CACHED_STORES = 8
 
 
 def load_runs(store=None, force: bool = False) -> pd.DataFrame:
-    """The store's runs, one row per run, oldest first (cached for a few seconds per store).
+    """The store's runs, one row per run, oldest first.
 
-    ``store`` is a path, an SQLAlchemy URL or None (``WORKBENCH_STORE`` / the default store);
-    ``force=True`` drops the cached copy first, e.g. for a reload button.
+    ``store`` is a path, an SQLAlchemy URL or None (``WORKBENCH_STORE`` / the default store).
+    The frame is read once per process and store version (see ``store_version``), so sessions
+    share it until a run is added; ``force=True`` drops the cached copies first.
     """
     url = resolve_store_url(store)
     if force:
         _load_frame.clear()
-    return _load_frame(url).copy()
+    return _load_frame(url, store_version(url)).copy()
 
 
-@pn.cache(ttl=CACHE_SECONDS, max_items=16)
-def _load_frame(url: str) -> pd.DataFrame:
-    return normalize_frame(RunStore(url).frame())
+def store_version(url: str) -> tuple:
+    """A value that changes whenever a run is added: for a SQLite file the modification time and
+    size of the database and its write-ahead log, else the run count and newest ``created_at``."""
+    db = sa.engine.make_url(url)
+    if db.get_backend_name() == "sqlite" and db.database not in (None, "", ":memory:"):
+        return tuple(_stat(Path(db.database + suffix)) for suffix in ("", "-wal"))
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(sa.func.count(), sa.func.max(runs_table.c.created_at))
+            return tuple(conn.execute(query).one())
+    except sa.exc.SQLAlchemyError:  # no table yet: RunStore creates it on the next read
+        return (0, None)
+    finally:
+        engine.dispose()
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@pn.cache(max_items=MAX_CACHED_STORES)
+def _load_frame(url: str, version: tuple) -> pd.DataFrame:
+    return normalize_frame(read_frame(url))
+
+
+def read_frame(url: str) -> pd.DataFrame:
+    """All runs as flat rows (``RunRecord.flat`` columns), oldest first; a row whose body cannot
+    be read as a record becomes a ``corrupt`` row with its error. Reads only the run ids and
+    bodies and flattens the parsed JSON directly (no record objects are kept)."""
+    store = RunStore(url)
+    query = sa.select(runs_table.c.run_id, runs_table.c.body).order_by(
+        runs_table.c.created_at, runs_table.c.run_id)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+    finally:
+        store.engine.dispose()  # no pooled connection outlives the read (nor a fork)
+    return pd.DataFrame([_flat_row(run_id, body) for run_id, body in rows])
+
+
+def _flat_row(run_id: str, body: str) -> dict:
+    try:
+        data = json.loads(body)
+        RunRecord.from_dict(data)  # validates: a record the store would call corrupt is one here
+    except (ValueError, TypeError, RecordError) as exc:
+        return CorruptRecord(run_id=run_id, error=f"{type(exc).__name__}: {exc}").flat()
+    row = {k: v for k, v in data.items() if k not in NESTED.values() and k != "artifacts"}
+    for prefix, group in NESTED.items():
+        for key, value in (data.get(group) or {}).items():
+            row[f"{prefix}.{key}"] = json.dumps(value) if type(value) in (list, dict) else value
+    return row
 
 
 def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
