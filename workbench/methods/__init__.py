@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import lowrank, monarch
+from . import gmp, lowrank, monarch, nm, random_pruning
 
 _REGISTRY: dict[str, tuple[type, Callable]] = {}
 
@@ -48,5 +48,8 @@ def apply_method(name: str, model: nn.Module, **options: Any):
 
 register("monarch", monarch.MonarchConfig, monarch.apply)
 register("lowrank", lowrank.LowRankConfig, lowrank.apply)
+register("gmp", gmp.GMPConfig, gmp.apply)
+register("random_pruning", random_pruning.RandomPruningConfig, random_pruning.apply)
+register("nm", nm.NMConfig, nm.apply)
 
 __all__ = ["apply_method", "make_config", "method_names", "register"]

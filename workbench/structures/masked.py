@@ -192,19 +192,25 @@ class MaskReport(SurgeryReport):
         return {n: layer.weight_mask.detach().clone() for n, layer in self.layers.items()}
 
     def summary(self) -> str:
-        return (f"{super().summary()}; masked weights {self.nonzeros:,} kept, sparsity "
-                f"{self.sparsity:.1%}")
+        total = len(self.replaced) + len(self.skipped)
+        weights = sum(layer.weight_mask.numel() for layer in self.layers.values())
+        return (f"masked {len(self.layers)} of {total} linear-like modules: their weights "
+                f"{weights:,} -> {self.nonzeros:,} kept now (sparsity {self.sparsity:.1%}); "
+                f"model params {self.model_params_after:,} stored densely")
 
 
 def mask_linears(model: nn.Module, include: Pattern = None, exclude: Pattern = None,
                  min_features: int = 0,
                  mask_fn: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None,
-                 layer_class: type[MaskedLinear] = MaskedLinear) -> MaskReport:
+                 make_layer: Callable[[nn.Module], MaskedLinear] = MaskedLinear.from_dense
+                 ) -> MaskReport:
     """Turn the selected linear-like layers (nn.Linear, GPT-2 Conv1D) of ``model`` into
-    ``layer_class`` (a MaskedLinear) in place; ``mask_fn(name, weight (out, in))`` gives each
-    layer's bool mask (None or omitted: all kept). Patterns as in ``workbench.surgery``."""
+    MaskedLinear layers in place, built by ``make_layer(module)`` (default
+    ``MaskedLinear.from_dense``; a subclass's builder for N:M and the like);
+    ``mask_fn(name, weight (out, in))`` gives each layer's bool mask (None or omitted: the
+    built layer's own). Patterns as in ``workbench.surgery``."""
     def factory(name: str, module: nn.Module) -> MaskedLinear:
-        layer = layer_class.from_dense(module)
+        layer = make_layer(module)
         mask = mask_fn(name, layer.weight.detach()) if mask_fn is not None else None
         if mask is not None:
             layer.set_mask(mask)
