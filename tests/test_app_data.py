@@ -121,9 +121,9 @@ def test_dashboard_on_a_seeded_store(store_path):
     assert len(table) == 6 and "corrupt" in set(table["status"])
     assert table["error"].str.contains("boom").any()
 
-    e.methods = ["gmp"]  # the corrupt row's method is unknown ("?"), so it drops out
+    e.set_filter("method", ["gmp"])  # the corrupt row's method is unknown ("?"): it drops out
     assert points() == 2 and len(dash.table.widget.value) == 3
-    e.statuses = ["ok"]
+    e.set_filter("status", ["ok"])
     assert len(dash.table.widget.value) == 2
     e.param.update(quality="metric.loss", cost="cost.params", log_x=True)
     fig = dash.plot.pane.object
@@ -132,7 +132,7 @@ def test_dashboard_on_a_seeded_store(store_path):
 
     # Reload picks up a run written after the dashboard opened.
     RunStore(store_path).add(RunRecord(method="gmp", metrics={"loss": 0.2}, cost={"params": 9.0}))
-    (button,) = dash.sidebar.select(pn.widgets.Button)
+    (button,) = [b for b in dash.sidebar.select(pn.widgets.Button) if b.label == "Reload runs"]
     button.param.trigger("value")  # what a click in the browser does
     assert len(e.runs) == 7 and points() == 3
     assert create_app(store_path) is not None

@@ -163,7 +163,9 @@ def test_failed_and_unknown_runs(store):
     assert d.record is None and not d.problem and "No run selected" in d.header(None, "").object
 
 
-def test_dashboard_click_and_row_selection_open_the_detail(store):
+def test_dashboard_click_and_row_click_open_the_detail(store):
+    from panel.models.tabulator import CellClickEvent
+
     from workbench.app.dashboard import Dashboard
 
     dash = Dashboard(store=store.url)
@@ -174,8 +176,13 @@ def test_dashboard_click_and_row_selection_open_the_detail(store):
 
     dash.tabs.active = 0
     rows = dash.table.widget.value
-    dash.table.widget.selection = [int((rows["run_id"] == "monarch").to_numpy().argmax())]
+    row = int((rows["run_id"] == "monarch").to_numpy().argmax())
+    dash.table.widget._process_event(CellClickEvent(model=None, column="method", row=row))
     assert dash.detail.run_id == "monarch" and dash.tabs.active == 1
+    # Ticking a row selects the run (for comparing and exporting), it does not open it.
+    dash.tabs.active = 0
+    dash.table.widget.selection = [0]
+    assert dash.explorer.selected == [rows["run_id"].iloc[0]] and dash.tabs.active == 0
     assert resolve_store_url(store.url) == dash.detail.store
 
 

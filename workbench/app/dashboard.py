@@ -1,31 +1,29 @@
-"""The dashboard: a runs explorer with a Pareto plot and a runs table, plus a run detail tab.
+"""The dashboard: runs explorer (filters, grouping, Pareto plot, parallel coordinates, runs
+table), run detail (with a baseline diff) and a compare tab, over one run store.
 
-State lives in one ``RunsExplorer`` (a ``param.Parameterized``) per session; the views are
-``pn.viewable.Viewer`` components that bind to its parameters. ``create_app(store)`` builds a
-fresh template for each browser session, so nothing is shared between sessions but the cached
-runs frame. Clicking a point in the plot or a row of the table opens that run in the "Run detail"
-tab (``workbench.app.detail.RunDetail``).
+State lives in one ``RunsExplorer`` per session (``create_app`` builds a fresh ``Dashboard`` for
+each browser session, so filters and selections are never shared between users); the views in
+``views.py`` bind to it, which links their selections. The view is mirrored in the URL's query
+(``urlstate.py``): a link opens the same axes, filters, grouping and selection.
 """
 from __future__ import annotations
 
-import pandas as pd
+import datetime as _dt
+
 import panel as pn
-import param
-import sqlalchemy as sa
-from bokeh.models.widgets.tables import NumberFormatter
 from panel.viewable import Viewer
 
-from .data import column_label, cost_columns, load_runs, quality_columns
+from .compare_view import BaselineDiff, CompareView
 from .detail import RunDetail
-from .pareto import pareto_figure
+from .explorer import STATUSES, RunsExplorer  # noqa: F401  (STATUSES: public)
+from .export import export_csv, export_filename
+from .filters_panel import FilterPanel
+from .views import GroupsTable, ParallelPlot, ParetoPlot, RunsTable
 from workbench.runs.store import resolve_store_url
 
 TITLE = "Structured-matrix workbench"
-STATUSES = ["ok", "failed", "corrupt"]
-PREFERRED_QUALITY = ("metric.accuracy", "metric.bits_per_byte", "metric.perplexity", "metric.loss")
-PREFERRED_COST = ("cost.flops_per_sample", "cost.params", "cost.latency_ms")
-TABLE_COLUMNS = ("run_id", "created_at", "method", "status")
-DETAIL_COLUMNS = ("model", "dataset", "device", "duration_s")
+RUNS_TAB, DETAIL_TAB, COMPARE_TAB = 0, 1, 2
+URL_PARAMETERS = ["quality", "cost", "log_x", "log_y", "filters", "group_by", "selected"]
 EMPTY_STORE = """### No runs in this store yet
 Each notebook execution logs one run. Create some with
 
@@ -34,186 +32,126 @@ workbench run notebooks/baseline.ipynb     # one run
 make demo                                  # a small demo sweep
 ```
 then press **Reload runs**. Store: `{store}`"""
+PLOT_TITLE = ("Pareto front · drag to select runs (box or lasso) · click a point to open its run "
+              "· double-click to clear")
 
 
-def _first(preferred, available):
-    return next((c for c in preferred if c in available), available[0] if available else None)
-
-
-class RunsExplorer(param.Parameterized):
-    """One session's view of the run store: the loaded runs, the filters and the axes."""
-
-    store = param.String(doc="SQLAlchemy URL of the run store")
-    runs = param.DataFrame(default=pd.DataFrame(), doc="All runs in the store, oldest first")
-    filtered = param.DataFrame(default=pd.DataFrame(), doc="The runs passing the filters")
-    quality = param.Selector(default=None, objects=[], allow_None=True, label="Quality (y)")
-    cost = param.Selector(default=None, objects=[], allow_None=True, label="Cost (x)")
-    log_x = param.Boolean(default=False, label="log x")
-    log_y = param.Boolean(default=False, label="log y")
-    methods = param.ListSelector(default=[], objects=[], label="Methods (none = all)")
-    statuses = param.ListSelector(default=list(STATUSES), objects=list(STATUSES), label="Status")
-    reload = param.Event(label="Reload runs", doc="Re-read the store, bypassing the cache")
-
-    def load(self, force: bool = False) -> None:
-        """Read the store (cached for a few seconds unless ``force``) and refresh the choices."""
-        df = load_runs(self.store, force=force)
-        with param.parameterized.batch_call_watchers(self):
-            self._set_choices("quality", quality_columns(df), PREFERRED_QUALITY)
-            self._set_choices("cost", cost_columns(df), PREFERRED_COST)
-            methods = sorted(df["method"].dropna().astype(str).unique())
-            self.param.methods.objects = methods
-            self.methods = [m for m in self.methods if m in methods]
-            self.runs = df
-
-    @param.depends("reload", watch=True)
-    def _reload(self) -> None:
-        self.load(force=True)
-
-    def _set_choices(self, name: str, columns: list[str], preferred) -> None:
-        self.param[name].objects = {column_label(c): c for c in columns}
-        if getattr(self, name) not in columns:
-            setattr(self, name, _first(preferred, columns))
-
-    @param.depends("runs", "methods", "statuses", watch=True, on_init=True)
-    def _apply_filters(self) -> None:
-        df = self.runs
-        if not df.empty:
-            if self.methods:
-                df = df[df["method"].isin(self.methods)]
-            df = df[df["status"].isin(self.statuses)]
-        self.filtered = df
-
-    @property
-    def store_label(self) -> str:
-        """The store for display: a file path, or the URL without its password."""
-        url = sa.engine.make_url(self.store)
-        if url.get_backend_name() == "sqlite":
-            return url.database or ":memory:"
-        return url.render_as_string(hide_password=True)
-
-    def summary(self) -> str:
-        """One line on what is loaded: counts per status."""
-        counts = self.runs["status"].value_counts() if not self.runs.empty else {}
-        parts = [f"{counts[s]} {s}" for s in STATUSES if s in counts]
-        return f"**{len(self.runs)} runs** ({', '.join(parts) or 'none'})"
-
-
-class ParetoPlot(Viewer):
-    """Quality against cost for the filtered runs, with each method's Pareto front."""
-
-    explorer = param.ClassSelector(class_=RunsExplorer)
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        e = self.explorer
-        figure = pn.bind(pareto_figure, e.param.filtered, e.param.quality, e.param.cost,
-                         log_x=e.param.log_x, log_y=e.param.log_y)
-        self.pane = pn.pane.Plotly(figure, sizing_mode="stretch_width", min_height=480,
-                                   config={"displaylogo": False, "responsive": True})
-
-    def __panel__(self):
-        return self.pane
-
-
-def table_frame(df: pd.DataFrame, quality: str | None, cost: str | None) -> pd.DataFrame:
-    """The table's columns: identity, the error (when a run has one), the plotted quality and
-    cost, then the details. Newest runs first."""
-    errors = ["error"] if "error" in df and df["error"].notna().any() else []
-    wanted = [*TABLE_COLUMNS, *errors, quality, cost, *DETAIL_COLUMNS]
-    cols = list(dict.fromkeys(c for c in wanted if c and c in df.columns))
-    table = df[cols].copy()
-    if "created_at" in table:
-        table["created_at"] = table["created_at"].astype(str).str.slice(0, 16).str.replace("T", " ")
-    for col in table.select_dtypes("number").columns:
-        table[col] = table[col].map(lambda v: float(f"{v:.4g}") if pd.notna(v) else v)
-    labels = {c: column_label(c) for c in (quality, cost, "duration_s") if c}
-    return table.iloc[::-1].rename(columns=labels)
-
-
-def number_formats(df: pd.DataFrame) -> dict:
-    """Table formatters for every numeric column (under its name and its label):
-    thousands separators, at most four decimals, blank for missing values."""
-    fmt = NumberFormatter(format="0,0.[0000]", nan_format="", text_align="right")
-    numeric = df.select_dtypes("number").columns
-    return {name: fmt for c in numeric for name in (c, column_label(c))}
-
-
-class RunsTable(Viewer):
-    """The filtered runs, newest first, paginated; corrupt records show their error."""
-
-    explorer = param.ClassSelector(class_=RunsExplorer)
-    page_size = param.Integer(default=15, bounds=(5, 200))
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        e = self.explorer
-        rows = pn.bind(table_frame, e.param.filtered, e.param.quality, e.param.cost)
-        self.widget = pn.widgets.Tabulator(
-            rows, pagination="remote", page_size=self.page_size, show_index=False,
-            disabled=True, selectable=1, sizing_mode="stretch_width", layout="fit_data_stretch",
-            formatters=pn.bind(number_formats, e.param.runs), frozen_columns=["run_id"],
-            widths={"error": 220}, configuration={"columnDefaults": {"tooltip": True}})
-
-    def __panel__(self):
-        return self.widget
+def _card(content, title: str, **kwargs) -> pn.Card:
+    return pn.Card(content, title=title, collapsible=False, sizing_mode="stretch_width", **kwargs)
 
 
 class Dashboard(Viewer):
-    """Sidebar controls plus two tabs over one run store: "Runs" (Pareto plot and runs table)
-    and "Run detail" (the run last clicked in either)."""
+    """Sidebar controls plus three tabs over one run store: "Runs", "Run detail" (the run last
+    clicked) and "Compare" (the selected runs side by side)."""
 
-    def __init__(self, store=None, **params):
+    def __init__(self, store=None, location=None, **params):
         super().__init__(**params)
-        self.explorer = RunsExplorer(store=resolve_store_url(store))
-        self.explorer.load()
-        self.plot = ParetoPlot(explorer=self.explorer)
-        self.table = RunsTable(explorer=self.explorer)
-        self.detail = RunDetail(store=self.explorer.store)
+        e = self.explorer = RunsExplorer(store=resolve_store_url(store))
+        e.load()
+        self.plot = ParetoPlot(explorer=e)
+        self.parallel = ParallelPlot(explorer=e)
+        self.table = RunsTable(explorer=e)
+        self.groups = GroupsTable(explorer=e)
+        self.filters = FilterPanel(explorer=e)
+        self.baseline = BaselineDiff(explorer=e)
+        self.detail = RunDetail(store=e.store, extras=[self.baseline])
+        self.detail.param.watch(lambda ev: setattr(self.baseline, "run_id", ev.new), "run_id")
+        self.compare = CompareView(explorer=e)
+        self.download = pn.widgets.FileDownload(
+            callback=self._export, filename=self._export_name(), label=self._export_label(),
+            embed=False, color="primary", variant="outline", icon="download",
+            sizing_mode="stretch_width")
         self.sidebar = self._controls()
         self.main = self._content()
-        self.tabs = pn.Tabs(("Runs", self.main), ("Run detail", self.detail), dynamic=True,
-                            sizing_mode="stretch_width")
-        pn.bind(self._on_point_click, self.plot.pane.param.click_data, watch=True)
-        pn.bind(self._on_row_select, self.table.widget.param.selection, watch=True)
+        self.tabs = pn.Tabs(("Runs", self.main), ("Run detail", self.detail),
+                            ("Compare", self.compare), dynamic=True, sizing_mode="stretch_width")
+        self.plot.pane.param.watch(self._on_point_click, "click_data")
+        self.table.widget.on_click(self._on_row_click)
+        e.param.watch(self._on_selection, "selected")
+        self.location = location if location is not None else pn.state.location
+        if self.location is not None:
+            if self.location.search:
+                e.apply_query(self.location.search)
+            e.param.watch(self._sync_url, URL_PARAMETERS)
+            self._sync_url()
 
+    # ---- navigation ------------------------------------------------------------------------
     def show_run(self, run_id: str) -> None:
         """Open ``run_id`` in the "Run detail" tab."""
         self.detail.run_id = str(run_id)
-        self.tabs.active = 1
+        self.tabs.active = DETAIL_TAB
 
-    def _on_point_click(self, click_data) -> None:
-        points = (click_data or {}).get("points") or []
+    def _on_point_click(self, event) -> None:
+        points = (event.new or {}).get("points") or []
         custom = points[0].get("customdata") if points else None
-        if custom:
+        if not custom:
+            return
+        if self.explorer.group_by:  # a point is a group: select its runs
+            self.explorer.select_groups([custom[0]])
+        else:
             self.show_run(custom[0])
-            self.plot.pane.click_data = None  # so a second click on the same point fires too
+        self.plot.pane.click_data = None  # so a second click on the same point fires too
 
-    def _on_row_select(self, selection) -> None:
-        rows = self.table.widget.selected_dataframe if selection else None
-        if rows is not None and len(rows):
-            self.show_run(rows["run_id"].iloc[0])
+    def _on_row_click(self, event) -> None:
+        if event.column == "_index" or event.column is None:
+            return  # the selection checkbox
+        run_id = self.table.run_at(event.row)
+        if run_id:
+            self.show_run(run_id)
 
+    # ---- selection and export --------------------------------------------------------------
+    def _export_label(self) -> str:
+        selected, n = self.explorer.selected, len(self.explorer.filtered)
+        return (f"Export {len(selected)} selected runs (CSV)" if selected
+                else f"Export {n} filtered runs (CSV)")
+
+    def _export_name(self) -> str:
+        return export_filename(self.explorer.selected, _dt.date.today().isoformat())
+
+    def _export(self):
+        """The CSV download: the selected runs, or every filtered run when none is selected."""
+        return export_csv(self.explorer.filtered, self.explorer.selected)
+
+    def _on_selection(self, _=None) -> None:
+        self.download.param.update(label=self._export_label(), filename=self._export_name())
+
+    def _sync_url(self, *_) -> None:
+        query = self.explorer.to_query()
+        if query != self.location.search:
+            self.location.search = query
+
+    # ---- layout ------------------------------------------------------------------------------
     def _controls(self) -> pn.Column:
         e = self.explorer
+        n_selected = pn.bind(lambda s: f"**{len(s)} selected**" if s else "No runs selected: "
+                             "drag in the plot, brush an axis or tick table rows.", e.param.selected)
+        compare = pn.widgets.Button(label="Compare selected", icon="columns", color="primary",
+                                    disabled=pn.bind(lambda s: len(s) < 2, e.param.selected))
+        compare.on_click(lambda _: setattr(self.tabs, "active", COMPARE_TAB))
+        clear = pn.widgets.Button(label="Clear", icon="x", disabled=pn.bind(
+            lambda s: not s, e.param.selected))
+        clear.on_click(lambda _: e.select([]))
+        self.filters.explorer.param.watch(lambda _: self._on_selection(), "filtered")
         return pn.Column(
             pn.pane.Markdown(pn.bind(lambda _: e.summary(), e.param.runs)),
-            pn.pane.Markdown(f"Store: `{e.store_label}`", styles={"font-size": "0.8em", "color": "#666",
-                                                             "overflow-wrap": "anywhere"}),
+            pn.pane.Markdown(f"Store: `{e.store_label}`", styles={
+                "font-size": "0.8em", "color": "#666", "overflow-wrap": "anywhere"}),
             "### Axes",
             pn.widgets.Select.from_param(e.param.quality),
             pn.widgets.Select.from_param(e.param.cost),
             pn.Row(pn.widgets.Checkbox.from_param(e.param.log_x),
                    pn.widgets.Checkbox.from_param(e.param.log_y)),
-            "### Filters",
-            pn.widgets.MultiChoice.from_param(e.param.methods, placeholder="all methods"),
-            pn.widgets.CheckButtonGroup.from_param(e.param.statuses, color="primary",
-                                                   variant="outline"),
+            pn.widgets.Select.from_param(e.param.group_by),
+            "### Filters", self.filters,
+            "### Selection", pn.pane.Markdown(n_selected), pn.Row(compare, clear),
+            self.download,
             pn.widgets.Button.from_param(e.param.reload, color="primary", icon="refresh"),
             sizing_mode="stretch_width")
 
     def _content(self) -> pn.Column:
         e = self.explorer
         empty = pn.bind(lambda df: df.empty, e.param.runs)
+        shown = pn.bind(lambda x: not x, empty)
         n_corrupt = pn.bind(lambda df: int((df.get("status") == "corrupt").sum())
                             if not df.empty else 0, e.param.runs)
         return pn.Column(
@@ -221,18 +159,24 @@ class Dashboard(Viewer):
             pn.pane.Alert(pn.bind(lambda n: f"{n} record(s) could not be read; they are listed "
                                   "in the table with status *corrupt* and their error.", n_corrupt),
                           alert_type="warning", visible=pn.bind(bool, n_corrupt)),
-            pn.Card(self.plot, title="Pareto front · click a point to open its run",
-                    collapsible=False, sizing_mode="stretch_width",
-                    visible=pn.bind(lambda x: not x, empty)),
-            pn.Card(self.table, title="Runs · click a row to open it", collapsible=False,
-                    sizing_mode="stretch_width", visible=pn.bind(lambda x: not x, empty)),
+            pn.pane.Alert(pn.bind(lambda p: "This link asks for things these runs lack:\n\n"
+                                  + "\n".join(f"* {x}" for x in p), e.param.url_problems),
+                          alert_type="warning", visible=pn.bind(bool, e.param.url_problems)),
+            _card(self.plot, PLOT_TITLE, visible=shown),
+            _card(self.parallel, "Parallel coordinates · drag along an axis to select runs",
+                  visible=shown),
+            _card(self.groups, "Groups · mean, std, min and max over each group's runs "
+                  "(click a row to select its runs)",
+                  visible=pn.bind(lambda g, x: bool(g) and not x, e.param.group_by, empty)),
+            _card(self.table, "Runs · click a row to open it, tick rows to select them",
+                  visible=shown),
             sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.sidebar, width=300), self.tabs, sizing_mode="stretch_width")
 
     def template(self) -> pn.template.FastListTemplate:
-        """The full page: title bar, sidebar of controls, the runs and run detail tabs."""
+        """The full page: title bar, sidebar of controls, the tabs."""
         return pn.template.FastListTemplate(
             title=TITLE, sidebar=[self.sidebar], main=[self.tabs], sidebar_width=320,
             accent="#3b6ea8", main_layout=None)

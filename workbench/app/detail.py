@@ -163,8 +163,10 @@ class RunDetail(Viewer):
     inspector_error = param.Boolean(default=False, doc="inspector_note is an error")
     layer = param.Selector(default=None, objects=[], allow_None=True, label="Layer")
 
-    def __init__(self, **params):
+    def __init__(self, extras=(), **params):
+        """``extras``: more views shown under the run's tables (e.g. a baseline diff)."""
         super().__init__(**params)
+        self._extras = list(extras)
         self._layout = self._build()
 
     @property
@@ -327,7 +329,8 @@ class RunDetail(Viewer):
                            dynamic=True, sizing_mode="stretch_width",
                            visible=pn.bind(lambda r: r is not None, p.record))
         return pn.Column(pn.bind(self.header, p.record, p.problem),
-                         pn.bind(self.tables, p.record), sections, sizing_mode="stretch_width")
+                         pn.bind(self.tables, p.record), *self._extras, sections,
+                         sizing_mode="stretch_width")
 
     def __panel__(self):
         return self._layout
