@@ -9,7 +9,7 @@ from workbench.methods.nm import freeze, to_semi_structured
 from workbench.models import build_model
 from workbench.structures import nm_mask
 from workbench.structures.nm import NMLinear, srste_weight
-from workbench.structures.nm import to_semi_structured as layer_to_semi_structured
+from workbench.structures.semi_structured import to_semi_structured as layer_to_semi_structured
 
 
 @pytest.mark.parametrize("n, m", [(1, 4), (2, 4), (4, 8), (3, 6), (0, 2), (5, 5)])
@@ -92,3 +92,26 @@ def test_semi_structured_matches_the_masked_layer_on_cuda(blobs):
     report = to_semi_structured(model)
     assert [r.name for r in report.replaced] == ["layers.1"]
     torch.testing.assert_close(model.layers[1](x), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_semi_structured_benchmark_shapes_and_cpu_refusal(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "semi_structured.py"
+    spec = importlib.util.spec_from_file_location("semi_structured_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shapes = {(model, layer): shape for model, layer, shape in bench.all_shapes()}
+    assert shapes[("gpt width 512", "mlp.fc")] == (2048, 512)  # (out, in) from the real model
+    assert shapes[("MiniLM", "output.dense (FFN out)")] == (384, 1536)
+    assert all(inp % 4 == 0 for _, inp in shapes.values())
+    if not torch.cuda.is_available():
+        assert bench.main(["--out", "unused.json"]) == 2
+        assert "need a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="semi-structured kernels need CUDA")
+def test_semi_structured_timing_on_cuda():
+    from workbench.structures.semi_structured import semi_structured_timing
+    row = semi_structured_timing(256, 512, tokens=512, min_run_time=0.05)
+    assert row["ms_dense"] > 0 and row["ms_2_4"] > 0 and row["err_2_4"] < 2e-2

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from ..structures.nm import NMLinear, SemiStructuredLinear
-from ..structures.nm import to_semi_structured as layer_to_semi_structured
+from ..structures.nm import NMLinear
+from ..structures.semi_structured import to_semi_structured as layer_to_semi_structured
 from ..structures.masked import MaskReport, mask_linears
 from ..surgery import SurgeryReport, find_linears, linear_shape, replace_linears
 

@@ -11,14 +11,11 @@
   toward zero so the mask settles. :meth:`NMLinear.freeze_` ends SR-STE training (fixes the mask
   and zeroes the dropped weights).
 
-:func:`to_semi_structured` hands a 2:4-compliant layer to PyTorch's semi-structured sparse
-kernels (CUDA, fp16 / bf16), behind the same ``nn.Linear`` interface.
+The GPU path for 2:4 masks (PyTorch's semi-structured kernels) is in ``semi_structured.py``.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .mask_makers import check_nm, nm_mask
 from .masked import MaskedLinear
@@ -113,44 +110,3 @@ class NMLinear(MaskedLinear):
         else:
             layer.set_mask(mask)
         return layer
-
-
-class SemiStructuredLinear(nn.Module):
-    """Inference-only linear layer whose weight is a ``torch.sparse`` semi-structured (2:4)
-    tensor; input (..., in) -> (..., out), computed by PyTorch's sparse kernels (CUDA only)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        from torch.sparse import to_sparse_semi_structured
-        self.out_features, self.in_features = weight.shape
-        self.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
-                                                           requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
-        return y.reshape(*lead, self.out_features)
-
-
-SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
-
-
-@torch.no_grad()
-def to_semi_structured(layer: MaskedLinear) -> SemiStructuredLinear:
-    """The same function as ``layer`` (a MaskedLinear whose mask keeps at most 2 of every 4
-    consecutive inputs: 2:4 or 1:4) on PyTorch's 2:4 semi-structured kernels. Needs the layer on
-    CUDA in fp16 / bf16; raises ValueError naming what is missing otherwise."""
-    weight = layer.to_dense()
-    where = f"to_semi_structured({layer.in_features}->{layer.out_features})"
-    if weight.device.type != "cuda":
-        raise ValueError(f"{where}: semi-structured sparse kernels need a CUDA device, the "
-                         f"layer is on {weight.device}")
-    if weight.dtype not in SEMI_STRUCTURED_DTYPES:
-        raise ValueError(f"{where}: needs fp16 or bf16 weights, got {weight.dtype}")
-    if layer.in_features % 4:
-        raise ValueError(f"{where}: in_features must be divisible by 4")
-    counts = layer.weight_mask.reshape(layer.out_features, -1, 4).sum(-1)
-    if int(counts.max()) > 2:
-        raise ValueError(f"{where}: the mask is not 2:4 (a group of 4 keeps {int(counts.max())})")
-    return SemiStructuredLinear(weight, layer.bias)
