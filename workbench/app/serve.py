@@ -217,9 +217,6 @@ def serve(store=None, address: str = "localhost", port: int = 5006, show: bool =
     sharing the port (0: one per core). Extra keyword arguments go to ``pn.serve``.
     Raises ``ServeError`` naming the problem before anything is served.
     """
-    from .dashboard import TITLE, create_app
-    from .data import load_runs
-
     url = resolve_store_url(store)  # resolve once, so every session reads the same store
     if is_memory_store(url):
         raise ServeError("an in-memory SQLite store cannot be served (every connection, and "
@@ -240,8 +237,9 @@ def serve(store=None, address: str = "localhost", port: int = 5006, show: bool =
     kwargs.setdefault("websocket_origin", websocket_origins(address, port))
     kwargs["extra_patterns"] = [(f"/{COMPONENT_PATH}(.*)", LoadedComponentResourceHandler, {}),
                                 *kwargs.get("extra_patterns", [])]
-    # Read the store before forking: every process starts with the runs in its cache.
-    load_runs(url)
+    from .dashboard import TITLE, create_app
+    from .data import load_runs
+    load_runs(url)  # read the store before forking: every process starts with it cached
     print(f"workbench dashboard: http://{address or '0.0.0.0'}:{port}/  (store {url}"
           f"{', password login' if basic_auth else ''}"
           f"{f', {num_procs or os.cpu_count()} processes' if num_procs != 1 else ''})",
