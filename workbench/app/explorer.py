@@ -137,6 +137,13 @@ class RunsExplorer(param.Parameterized):
         filterable = [s.column for s in self.specs] + ["status"]
         state, problems = urlstate.decode_query(search, list(self.param.quality.objects),
                                                 list(self.param.cost.objects), filterable)
+        options = {s.column: set(s.options) for s in self.specs if s.kind == "choice"}
+        for column, allowed in state.get("filters", {}).items():
+            if isinstance(allowed, list) and column in options:
+                unknown = [v for v in allowed if v not in options[column]]
+                if unknown:
+                    problems.append(f"{column}: no runs have {', '.join(unknown)}")
+                    state["filters"][column] = [v for v in allowed if v in options[column]]
         group = state.pop("group_by", None)
         if group is not None and group not in self.param.group_by.objects:
             problems.append(f"group={group}: these runs cannot be grouped by it")

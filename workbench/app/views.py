@@ -46,6 +46,8 @@ class ParetoPlot(Viewer):
         return pareto_figure(filtered, quality, cost, log_x=log_x, log_y=log_y, selected=selected)
 
     def _on_select(self, event) -> None:
+        if event.new is not None and not event.new.get("selector"):
+            return  # Plotly re-announces a kept selection box after a redraw: not the user's
         points = (event.new or {}).get("points") or []
         keys = [p["customdata"][0] for p in points if p.get("customdata")]
         if self.explorer.group_by:
