@@ -27,9 +27,12 @@ class Row:
     options: dict
     sparsity: float | None = None  # what a mask method promises after STEPS training steps
     bad: list = dataclasses.field(default_factory=list)  # (options, error message regex)
+    masked: bool = False  # masks that must hold, without one promised sparsity (Sparse-IFT)
 
 
-ROWS = {row.name + (f"-{row.options['mode']}" if "mode" in row.options else ""): row for row in [
+KEY_OPTIONS = ("mode", "variant", "regrow")  # options that tell rows of one method apart
+ROWS = {row.name + "".join(f"-{row.options[k]}" for k in KEY_OPTIONS if k in row.options): row
+        for row in [
     Row("monarch", {"nblocks": 4}, bad=[({"nblocks": 0}, "nblocks"), ({"init": "x"}, "init")]),
     Row("lowrank", {"rank": 4}, bad=[({}, "exactly one")]),
     Row("gmp", {"final_sparsity": 0.75, "initial_sparsity": 0.25, "start_step": 2,
@@ -43,6 +46,19 @@ ROWS = {row.name + (f"-{row.options['mode']}" if "mode" in row.options else ""):
     Row("nm", {"n": 2, "m": 8, "mode": "magnitude"}, sparsity=0.75,
         bad=[({"n": 5, "m": 4}, "n=5 > m=4"), ({"m": 0}, "m >= 1"), ({"mode": "x"}, "mode")]),
     Row("nm", {"n": 2, "m": 4, "mode": "srste"}, sparsity=0.5),
+    Row("dynamic_sparse", {"sparsity": 0.75, "distribution": "erk", "regrow": "gradient",
+                           "update_every": 2, "end_step": 4}, sparsity=0.75,
+        bad=[({"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\)"),
+             ({"drop_fraction": 0}, r"drop_fraction must be in \(0, 1\]"),
+             ({"regrow": "x"}, "regrow"), ({"end_step": 0}, "end_step"),
+             ({"distribution": "x"}, "distribution")]),
+    Row("dynamic_sparse", {"sparsity": 0.75, "distribution": "uniform", "regrow": "random",
+                           "update_every": 2, "end_step": 4}, sparsity=0.75),
+    Row("sparse_ift", {"variant": "parallel", "sparsity": 0.75}, sparsity=0.75,
+        bad=[({"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\)"),
+             ({"variant": "x"}, "variant"), ({"variant": "wide"}, "needs reference")]),
+    Row("sparse_ift", {"variant": "factorized", "sparsity": 0.75}, masked=True),
+    Row("sparse_ift", {"variant": "doped", "sparsity": 0.5}, masked=True),
 ]}
 
 
@@ -86,7 +102,8 @@ def test_apply_forward_and_train(key, dtype, blobs):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("key", [k for k, row in ROWS.items() if row.sparsity is not None])
+@pytest.mark.parametrize("key", [k for k, row in ROWS.items()
+                                 if row.sparsity is not None or row.masked])
 def test_masks_hold_through_training_at_the_promised_sparsity(key, blobs):
     row = ROWS[key]
     model, report = transformed(row, blobs)
@@ -94,7 +111,8 @@ def test_masks_hold_through_training_at_the_promised_sparsity(key, blobs):
     fit(model, report, blobs)
     kept = sum(layer.weight_mask.sum().item() for layer in report.layers.values())
     total = sum(layer.weight_mask.numel() for layer in report.layers.values())
-    assert abs(kept - (1 - row.sparsity) * total) <= len(report.layers) / 2  # rounding only
+    if row.sparsity is not None:
+        assert abs(kept - (1 - row.sparsity) * total) <= len(report.layers) / 2  # rounding only
     for name, layer in report.layers.items():
         assert model.get_submodule(name) is layer
         assert (layer.to_dense()[~layer.weight_mask] == 0).all(), name

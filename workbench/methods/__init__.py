@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import gmp, lowrank, monarch, nm, random_pruning
+from . import dynamic_sparse, gmp, lowrank, monarch, nm, random_pruning, sparse_ift
 
 _REGISTRY: dict[str, tuple[type, Callable]] = {}
 
@@ -51,5 +51,7 @@ register("lowrank", lowrank.LowRankConfig, lowrank.apply)
 register("gmp", gmp.GMPConfig, gmp.apply)
 register("random_pruning", random_pruning.RandomPruningConfig, random_pruning.apply)
 register("nm", nm.NMConfig, nm.apply)
+register("dynamic_sparse", dynamic_sparse.DynamicSparseConfig, dynamic_sparse.apply)
+register("sparse_ift", sparse_ift.SparseIFTConfig, sparse_ift.apply)
 
 __all__ = ["apply_method", "make_config", "method_names", "register"]
