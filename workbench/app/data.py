@@ -5,8 +5,8 @@ are ``cost.<name>`` (plus the run's wall time ``duration_s``), parameters are ``
 """
 from __future__ import annotations
 
+import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,28 +49,22 @@ def load_runs(store=None, force: bool = False) -> pd.DataFrame:
 
 
 def store_version(url: str) -> tuple:
-    """A value that changes whenever a run is added: for a SQLite file the modification time and
-    size of the database and its write-ahead log, else the run count and newest ``created_at``."""
-    db = sa.engine.make_url(url)
-    if db.get_backend_name() == "sqlite" and db.database not in (None, "", ":memory:"):
-        return tuple(_stat(Path(db.database + suffix)) for suffix in ("", "-wal"))
-    engine = sa.create_engine(url)
+    """A value that changes whenever a run is added: the run count and newest ``created_at``
+    (records are append-only). One indexed query, about a millisecond; a file's modification
+    time would be cheaper but can miss a write (SQLite writes go to its WAL file first, and
+    timestamps are only as fine as the kernel's clock tick)."""
+    query = sa.select(sa.func.count(), sa.func.max(runs_table.c.created_at))
     try:
-        with engine.connect() as conn:
-            query = sa.select(sa.func.count(), sa.func.max(runs_table.c.created_at))
+        with _version_engine(url).connect() as conn:
             return tuple(conn.execute(query).one())
-    except sa.exc.SQLAlchemyError:  # no table yet: RunStore creates it on the next read
+    except sa.exc.OperationalError:  # no runs table yet: RunStore creates it on the next read
         return (0, None)
-    finally:
-        engine.dispose()
 
 
-def _stat(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_mtime_ns, st.st_size
+@functools.lru_cache(maxsize=MAX_CACHED_STORES)
+def _version_engine(url: str) -> sa.engine.Engine:
+    # No pool: no connection outlives a query, so the engine is safe to share across a fork.
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
 
 
 @pn.cache(max_items=MAX_CACHED_STORES)
