@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.structures import MonarchLinear  # noqa: E402
 from workbench.structures.monarch_kernels import (can_fold, monarch_multiply_fast,  # noqa: E402
-                                                  use_fold)
+                                                  use_cublas_stage2, use_fold)
 
 TARGET_FRACTION = 0.7   # of the FLOP-ratio speedup, at n >= 4096 and nblocks 4 and 16
 TARGET_OVER_PLAIN = 1.3
@@ -122,6 +122,10 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
         variants["fast_fold" if other["fold"] else "fast_copy"] = (
             lambda v, other=other: monarch_multiply_fast(v, layer.w1, layer.w2, n, impl=impl,
                                                          overrides=other))
+    # stage 2 on the other back end (cuBLAS batched GEMMs or the Triton kernel), side by side
+    other2 = "triton" if use_cublas_stage2({}) else "cublas"
+    variants[f"fast_stage2_{other2}"] = lambda v: monarch_multiply_fast(
+        v, layer.w1, layer.w2, n, impl=impl, overrides={"stage2": other2})
     if cuda and with_v1:  # the first version (3-D tiles over stride-b gathers), for the record
         variants["fast_v1_gather"] = lambda v: monarch_multiply_fast(
             v, layer.w1, layer.w2, n, impl=impl, overrides={"gather": True})
@@ -196,6 +200,23 @@ def breakdown(n: int, nblocks, tokens: int, dtype, variants: dict | None = None)
            "dw1=dh'x": ("h", "x", "w1"), "copy h->m": ("h", None, "h"),
            "copy dy->dy_g": ("y", None, "y")}
     rows = []
+    m_grp = torch.randn(tokens, b, q, device=dev, dtype=dtype)
+    dyT = torch.randn(b, tokens, s, device=dev, dtype=dtype)
+    cublas = {  # stage 2 on cuBLAS (what stage2="cublas" runs), and its two copies
+        "cublas y=m@w2": (lambda: torch.bmm(m_grp.transpose(0, 1), w["w2"].transpose(1, 2)),
+                          2 * tokens * b * q * s),
+        "cublas dmT=dyT@w2": (lambda: torch.bmm(dyT, w["w2"]), 2 * tokens * b * q * s),
+        "cublas dw2=dyT'm": (lambda: torch.bmm(dyT.transpose(1, 2), m_grp.transpose(0, 1)),
+                             2 * tokens * b * q * s),
+        "copy Y->y (P2)": (lambda: dyT.permute(1, 2, 0).reshape(tokens, -1), 0),
+        "copy dy->dyT": (lambda: t["y"].reshape(tokens, s, b).permute(2, 0, 1).contiguous(), 0),
+    }
+    for name, (fn, flops) in cublas.items():
+        nbytes = 3 * t["y"].numel() * 2 if flops else 2 * t["y"].numel() * 2
+        ms = do_bench(fn, warmup=10, rep=40, return_mode="median")
+        rows.append({"n": n, "nblocks": b, "product": name, "config": "torch", "ms": ms,
+                     "tb_s": nbytes / ms / 1e9, "tflops": flops / ms / 1e9})
+        print(f"  {n:>5} b={b:<3} {name:<18} {ms:7.3f} ms  {flops / ms / 1e9:6.1f} TFLOP/s")
     for name, (a, bb, c) in ops.items():
         if name in ("m=x@w1p", "dx=dm@w1p", "dw1p=dm'x") and not can_fold(b, q):
             continue
@@ -232,6 +253,15 @@ def breakdown(n: int, nblocks, tokens: int, dtype, variants: dict | None = None)
 STAGE2_VARIANTS = {name: {"BN64": {"BN": 64}, "BN256": {"BN": 256}, "BM64": {"BM": 64},
                           "w4s4": {"num_warps": 4, "num_stages": 4}}
                    for name in ("h=x@w1", "y=m@w2>nat", "dh=dy@w2>nat", "dx=dh@w1")}
+# tile sweep of the fold products (the stage-1 side that stays on Triton)
+FOLD_TILES = {f"BM{bm}BN{bn}BK{bk}w{w}s{st}": dict(BM=bm, BN=bn, BK=bk, num_warps=w,
+                                                   num_stages=st)
+              for bm, bn, bk, w, st in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+                                        (128, 128, 128, 8, 3), (64, 256, 64, 8, 4),
+                                        (128, 64, 64, 4, 4), (256, 128, 64, 8, 3),
+                                        (128, 256, 32, 8, 4), (64, 128, 64, 4, 5)]}
+SWEEP_VARIANTS = STAGE2_VARIANTS | {name: FOLD_TILES for name in
+                                    ("m=x@w1p", "dx=dm@w1p", "dw1p=dm'x")}
 
 
 def environment(device, dtype) -> dict:
@@ -264,7 +294,7 @@ def print_table(rows) -> None:
         fb = "/".join(f"{t[k]['fwd_bwd']['median_ms']:.3f}" for k in ("dense", "plain", "fast"))
         s = r["speedup_fwd_bwd"]
         ok = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["targets"].items())
-        for alt in ("fast_copy", "fast_fold"):
+        for alt in ("fast_copy", "fast_fold", "fast_stage2_cublas", "fast_stage2_triton"):
             if alt in t:
                 ok = (f"{alt} f+b {t[alt]['fwd_bwd']['median_ms']:.3f} "
                       f"fwd {t[alt]['fwd']['median_ms']:.3f} | " + ok)
@@ -302,7 +332,7 @@ def main(argv=None) -> dict:
         for n in sizes:
             for nb in args.nblocks:
                 nb = nb if nb == "sqrt" else int(nb)
-                rows += breakdown(n, nb, tokens, dtype, STAGE2_VARIANTS)
+                rows += breakdown(n, nb, tokens, dtype, SWEEP_VARIANTS)
         result = {"benchmark": "monarch_products", "environment": environment(device, dtype),
                   "rows": rows}
         if args.out:

@@ -9,6 +9,7 @@ from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
 from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config, fold_rows,
                                                   monarch_multiply_fast, plan, resolve_impl,
                                                   triton_available, two_level, unfold_rows,
+                                                  use_cublas_stage2,
                                                   use_fold)
 
 SHAPES = [(16, 16, 4), (64, 64, 8), (10, 7, 3), (7, 10, 3), (96, 384, 4), (384, 96, 4),
@@ -38,7 +39,8 @@ def test_torch_plan_matches_dense_and_plain_float64(i, o, b):
     x, dy = torch.randn(7, i, dtype=torch.float64), torch.randn(7, o, dtype=torch.float64)
     layer.impl = "plain"
     want = forward_and_grads(layer, x, dy)
-    for overrides in (None, {"store": "copy"}, {"gather": True}):
+    for overrides in (None, {"store": "copy"}, {"gather": True}, {"stage2": "cublas"},
+                      {"stage2": "cublas", "fold": False}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -59,7 +61,7 @@ def test_fold_plan_matches_plain_float64(i, o, b):
     assert can_fold(layer.nblocks, layer.mid_block) and use_fold({}, b, layer.mid_block)
     x, dy = torch.randn(9, i, dtype=torch.float64), torch.randn(9, o, dtype=torch.float64)
     want = forward_and_grads(layer, x, dy)
-    for overrides in (None, {"fold": True}):
+    for overrides in (None, {"fold": True}, {"stage2": "cublas"}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -75,6 +77,10 @@ def test_fold_rows_round_trip_and_policy():
     assert not can_fold(4, 30) and not can_fold(16, 64) and can_fold(16, 128)
     assert not use_fold({"gather": True}, 4, 64) and not use_fold({"fold": False}, 4, 64)
     assert not use_fold({"store": "strided"}, 4, 64) and use_fold({}, 4, 64)
+    assert use_cublas_stage2({"stage2": "cublas"}) and not use_cublas_stage2({"stage2": "triton"})
+    assert not use_cublas_stage2({"stage2": "cublas", "gather": True})
+    with pytest.raises(ValueError, match="stage2"):
+        use_cublas_stage2({"stage2": "cutlass"})
 
 
 def test_plan_strides_address_every_element_once():
@@ -92,7 +98,8 @@ def test_plan_strides_address_every_element_once():
     # the fold products: C's columns (m) or A's rows / reduction index (dm) are two-level
     T, b, p, q, s = 5, 2, 6, 8, 8
     for name, operand, numel in (("m=x@w1p", "c", T * b * q), ("dx=dm@w1p", "a", T * b * q),
-                                 ("dw1p=dm'x", "a", T * b * q)):
+                                 ("dw1p=dm'x", "a", T * b * q), ("dx=dmT@w1p", "a", T * b * q),
+                                 ("dw1p=dmT'x", "a", T * b * q)):
         G, M, N, K, sa, sb, sc = plan(name, T, b, p, q, s)
         which, cs, hi = two_level(name, T, b, p, q, s)
         hits = torch.zeros(numel)
@@ -221,7 +228,8 @@ def test_triton_matches_fp32_reference(i, o, b, tokens, dtype):
 @pytest.mark.parametrize("i, o, b", [(4096, 4096, 4), (4096, 4096, 16), (1024, 1024, 4),
                                      (511, 512, 2)])
 def test_triton_fold_and_copy_plans_agree(i, o, b):
-    """The fold plan and the copy plan (v3) give the same results on the GPU (bf16)."""
+    """The fold plan, the copy plan (v3) and both with stage 2 on cuBLAS give the same
+    results on the GPU (bf16)."""
     torch.manual_seed(2)
     dev = torch.device("cuda")
     layer = MonarchLinear(i, o, b, device=dev, dtype=torch.bfloat16, bias=False)
@@ -229,15 +237,17 @@ def test_triton_fold_and_copy_plans_agree(i, o, b):
     x = torch.randn(777, i, device=dev, dtype=torch.bfloat16)
     dy = torch.randn(777, o, device=dev, dtype=torch.bfloat16)
     out = []
-    for fold in (True, False):
+    for fold, stage2 in ((True, "triton"), (False, "triton"), (True, "cublas"),
+                         (False, "cublas")):
         torch.full((777 * 4 * max(i, o),), float("nan"), device=dev, dtype=torch.bfloat16)
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="triton",
-                                  overrides={"fold": fold})
+                                  overrides={"fold": fold, "stage2": stage2})
         out.append((y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy))
-    for name, f, c in zip(("y", "dx", "dw1", "dw2"), *out):
-        assert torch.isfinite(f).all(), name
-        assert rel(f, c) < 1e-2, (name, rel(f, c))
+    for other in out[1:]:
+        for name, f, c in zip(("y", "dx", "dw1", "dw2"), other, out[0]):
+            assert torch.isfinite(f).all(), name
+            assert rel(f, c) < 1e-2, (name, rel(f, c))
 
 
 @needs_cuda
