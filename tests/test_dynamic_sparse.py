@@ -160,3 +160,14 @@ def test_configuration_errors_name_the_problem():
     with pytest.raises(RuntimeError, match="no gradient for 'fc'"):
         sparsifier.step(1)  # RigL at an update step without a backward pass
     copy.deepcopy(sparsifier)  # picklable state, no open handles
+
+
+def test_small_dense_width_matches_the_sparse_budget(blobs_data):
+    from workbench.experiment import width_for_params
+
+    def build(width):
+        return build_model("mlp", blobs_data, width=width, depth=1)
+    counts = {w: sum(p.numel() for p in build(w).parameters()) for w in range(1, 65)}
+    for target in (counts[1], counts[37] + 5, counts[64], counts[64] * 4):
+        best = min(counts, key=lambda w: (abs(counts[w] - target), w))  # brute force
+        assert width_for_params(build, target, 64) == best

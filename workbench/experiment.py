@@ -3,10 +3,11 @@
 ``measure_variant(name, model, data, ...)`` trains ``model`` with :func:`workbench.train.train`,
 evaluates it, runs the cost meter on a real input batch and returns a flat dict (one table row).
 ``compare(rows, reference="dense")`` adds ratios against the reference row, side by side.
+``width_for_params`` sizes a dense model to a parameter budget (small-dense baselines).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -59,6 +60,19 @@ def warm_up(model: nn.Module, data: Dataset, batch_size: int, device: torch.devi
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                       y.reshape(-1)).backward()
     model.zero_grad(set_to_none=True)
+
+
+def width_for_params(build: Callable[[int], nn.Module], params: int, max_width: int) -> int:
+    """The width in 1..max_width whose model ``build(width)`` stores the parameter count
+    closest to ``params`` (bisection: counts grow with width), e.g. the small dense model with
+    as many weights as a sparse model has nonzeros."""
+    def count(width: int) -> int:
+        return sum(p.numel() for p in build(width).parameters())
+    low, high = 1, max_width
+    while low < high:  # the smallest width holding at least params
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if count(mid) < params else (low, mid)
+    return min({max(low - 1, 1), low}, key=lambda w: (abs(count(w) - params), w))
 
 
 def compare(rows: list[dict[str, Any]], task: str, reference: str = "dense"):
