@@ -19,7 +19,8 @@ VARIANTS = {
 # How many run records one execution writes (the main run plus its logged variants).
 RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]"))),
            "monarch_finetune": lambda p: 1 + 2 * len(eval(p["nblocks"])),
-           "monarch_reverse": lambda p: 3}
+           "monarch_reverse": lambda p: 3,
+           "gmp": lambda p: 1 + 2 * len(eval(p.get("sparsities", "[0.75, 0.9]")))}
 CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
 pytestmark = pytest.mark.notebook
 
