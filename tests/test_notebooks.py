@@ -20,7 +20,10 @@ VARIANTS = {
 RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]"))),
            "monarch_finetune": lambda p: 1 + 2 * len(eval(p["nblocks"])),
            "monarch_reverse": lambda p: 3,
-           "gmp": lambda p: 1 + 2 * len(eval(p.get("sparsities", "[0.75, 0.9]")))}
+           "gmp": lambda p: 1 + 2 * len(eval(p.get("sparsities", "[0.75, 0.9]"))),
+           "random_pruning": lambda p: len(eval(p.get("widths", "[32, 64]"))) * (  # ci widths
+               1 + len(eval(p.get("sparsities", "[0.8, 0.95]")))
+               * len(eval(p.get("distributions", "['erk', 'uniform']"))))}
 CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
 pytestmark = pytest.mark.notebook
 
