@@ -23,7 +23,9 @@ RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]")))
            "gmp": lambda p: 1 + 2 * len(eval(p.get("sparsities", "[0.75, 0.9]"))),
            "random_pruning": lambda p: len(eval(p.get("widths", "[32, 64]"))) * (  # ci widths
                1 + len(eval(p.get("sparsities", "[0.8, 0.95]")))
-               * len(eval(p.get("distributions", "['erk', 'uniform']"))))}
+               * len(eval(p.get("distributions", "['erk', 'uniform']")))),
+           "nm_sparsity": lambda p: 1 + len(eval(p.get("patterns", "['1:4', '2:4', '4:8']")))
+           + len(eval(p.get("srste_patterns", "['2:4']")))}
 CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
 pytestmark = pytest.mark.notebook
 
