@@ -127,7 +127,7 @@ def browser_page(height: int = 1000):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": height})
             errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("pageerror", lambda exc: errors.append(str(exc) + (exc.stack or "")[:1500]))
             yield page, errors
         finally:
             browser.close()
@@ -211,4 +211,101 @@ def test_clicking_a_point_or_a_row_opens_the_run_detail(served_store):
         notebook = page.frame_locator("iframe[title='output notebook']")
         expect(notebook.get_by_text("Monarch on mnist1d")).to_be_visible(timeout=10_000)
         expect(notebook.locator(".js-plotly-plot .point")).to_have_count(2)  # the bars
+        assert not errors, errors
+
+
+def box_select_all(page) -> None:
+    """Drag a selection box over the whole Pareto plot area (its drag layer)."""
+    box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=8)
+    page.mouse.up()
+
+
+def test_filter_select_export_compare_and_baseline(served_store):
+    import csv
+
+    from playwright.sync_api import expect
+
+    url, store, ids = served_store
+    monarch = [i for i, run in zip(ids, TEST_RUNS) if run[0] == "monarch"]
+    with browser_page(height=1400) as (page, errors):
+        page.goto(url)
+        points = page.locator(POINTS)
+        expect(points.first).to_be_visible(timeout=20_000)
+
+        # Filter to one method: the plot, the URL and the export button follow.
+        choices = page.locator(".choices").first  # the method filter
+        choices.click()
+        page.keyboard.type("monarch")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+        expect(points).to_have_count(len(monarch))
+        expect(page.get_by_role("button", name=f"Export {len(monarch)} filtered runs (CSV)")
+               ).to_be_visible()
+        assert "method=monarch" in page.url
+
+        # A box over the plot selects its runs: the table ticks them, the axes show them.
+        box_select_all(page)
+        expect(page.locator(".tabulator-row.tabulator-selected")).to_have_count(len(monarch))
+        expect(page.get_by_text(f"{len(monarch)} selected").first).to_be_visible()
+        expect(page.locator(".gtitle", has_text="Parallel coordinates")).to_contain_text(
+            f"{len(monarch)} selected")
+        assert all(run_id in page.url for run_id in monarch)
+
+        # Untick one row: the export has exactly the remaining runs.
+        row = page.locator(".tabulator-row", has_text=monarch[0])
+        row.locator("input[type=checkbox]").click()
+        expect(page.locator(".tabulator-row.tabulator-selected")).to_have_count(len(monarch) - 1)
+        with page.expect_download() as download:
+            page.get_by_role("button", name=f"Export {len(monarch) - 1} selected runs").click()
+        with open(download.value.path(), newline="") as f:
+            exported = sorted(r["run_id"] for r in csv.DictReader(f))
+        assert exported == sorted(monarch[1:])
+        assert download.value.suggested_filename.startswith(f"runs-selected-{len(monarch) - 1}")
+
+        # Compare the selected runs side by side: the parameter that differs is shown.
+        page.get_by_role("button", name="Compare selected").click()
+        compare = page.locator("table", has_text="Comparing").or_(page.locator("table").filter(
+            has_text=monarch[1]))
+        expect(compare.first).to_contain_text(monarch[2])
+        expect(compare.first).to_contain_text("nblocks")
+
+        # A row click opens the run, with what differs from a baseline run.
+        page.locator(".bk-tab", has_text="Runs").first.click()
+        page.locator(".tabulator-row", has_text=monarch[1]).locator(
+            ".tabulator-cell[tabulator-field=method]").click()
+        expect(page.locator("h2:has-text('Run ') code")).to_have_text(monarch[1])
+        diff = page.locator("table", has_text="baseline")
+        expect(diff).to_contain_text("nblocks")
+        assert not errors, errors
+
+
+def test_deep_link_round_trip(served_store):
+    from playwright.sync_api import expect
+
+    url, store, ids = served_store
+    chosen = [ids[1], ids[4]]  # gmp 0.5 and monarch 16, both with a latency
+    link = f"{url}?x=latency_ms&y=loss&logx=1&method=gmp,monarch&runs={','.join(chosen)}"
+    with browser_page() as (page, errors):
+        page.goto(link)
+        expect(page.locator(".gtitle").first).to_contain_text("loss vs latency (ms)",
+                                                              timeout=20_000)
+        with_latency = [i for i, run in zip(ids, TEST_RUNS)
+                        if run[0] in ("gmp", "monarch") and run[5] is not None]
+        expect(page.locator(POINTS)).to_have_count(len(with_latency))
+        expect(page.locator("select:has(option:text-is('loss'))")).to_have_value("loss")
+        expect(page.locator(".choices__item--selectable", has_text="gmp")).to_be_visible()
+        expect(page.locator(".choices__item--selectable", has_text="monarch")).to_be_visible()
+        plot = page.locator(".js-plotly-plot").first
+        assert plot.evaluate("gd => gd._fullLayout.xaxis.type") == "log"
+        expect(page.locator(".tabulator-row.tabulator-selected")).to_have_count(2)
+        assert page.url == link  # already canonical: nothing rewritten
+
+        # Changing the view rewrites the link: the default quality leaves the query.
+        page.locator("select:has(option:text-is('loss'))").select_option(label="accuracy")
+        expect(page.locator(".gtitle").first).to_contain_text("accuracy vs latency (ms)")
+        page.wait_for_function("() => !location.search.includes('y=loss')")
+        assert "x=latency_ms" in page.url and "y=" not in page.url
         assert not errors, errors

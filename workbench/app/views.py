@@ -190,9 +190,12 @@ class RunsTable(Viewer):
         table = table_frame(e.filtered, e.quality, e.cost) if not e.filtered.empty else (
             pd.DataFrame(columns=list(TABLE_COLUMNS)))
         formatters, header = table_options(table)
+        update = {"value": table}
+        if header != self.widget.header_filters:  # new columns: redefine them, else keep them
+            update.update(formatters=formatters, header_filters=header)
         self._syncing = True
         try:
-            self.widget.param.update(value=table, formatters=formatters, header_filters=header)
+            self.widget.param.update(**update)
         finally:
             self._syncing = False
         self._show_selection()
