@@ -95,8 +95,11 @@ class RunsExplorer(param.Parameterized):
 
     @param.depends("filtered", "group_by", "quality", "cost", watch=True, on_init=True)
     def _group(self) -> None:
-        self.groups = (group_summary(self.filtered, self.group_by, [self.quality, self.cost])
-                       if self.group_by and not self.filtered.empty else pd.DataFrame())
+        if not self.group_by or self.filtered.empty:
+            if not self.groups.empty:  # (an unchanged empty frame would redraw the views)
+                self.groups = pd.DataFrame()
+            return
+        self.groups = group_summary(self.filtered, self.group_by, [self.quality, self.cost])
 
     # ---- selection ---------------------------------------------------------------------------
     def select(self, run_ids) -> None:

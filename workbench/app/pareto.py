@@ -117,13 +117,16 @@ def pareto_figure(df: pd.DataFrame, quality: str | None, cost: str | None, color
     for i, (name, group) in enumerate(data.groupby(groups, sort=True)):
         colour = PALETTE[i % len(PALETTE)]
         ok = group["status"].eq("ok").to_numpy() if "status" in group else np.ones(len(group), bool)
+        # numpy arrays of text (not lists, not a uniform list): Plotly validates those at once
+        symbol = "circle" if ok.all() else np.where(ok, "circle", "x").tolist()
         fig.add_trace(scatter(
-            x=group[cost], y=group[quality], mode="markers", name=name, legendgroup=name,
-            customdata=group[["run_id"]].astype(str).to_numpy(), hovertext=group["_hover"],
+            x=group[cost].to_numpy(), y=group[quality].to_numpy(), mode="markers", name=name,
+            legendgroup=name, customdata=group["run_id"].to_numpy(dtype=str)[:, None],
+            hovertext=group["_hover"].to_numpy(dtype=str),
             hovertemplate=hover, selectedpoints=_selected_points(group["run_id"], selected),
             selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.15)),
             marker=dict(color=colour, size=11 if len(data) <= WEBGL_POINTS else 7, opacity=0.9,
-                        symbol=np.where(ok, "circle", "x").tolist(),
+                        symbol=symbol,
                         line=dict(color="white", width=1))))
         front = _front_trace(group, cost, quality, cheap, up, colour, name)
         if front is not None:
