@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+import plotly.graph_objects as go
 from bokeh.models.widgets.tables import NumberFormatter
 from panel.viewable import Viewer
 
@@ -23,6 +24,7 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 TABLE_COLUMNS = ("run_id", "created_at", "method", "status")
 DETAIL_COLUMNS = ("model", "dataset", "device", "duration_s")
 CONSTRAINT = re.compile(r"dimensions\[(\d+)\]\.constraintrange")
+AUTO_DRAW_RUNS = 2000  # parallel coordinates are drawn at once up to this many runs
 
 
 class ParetoPlot(Viewer):
@@ -74,9 +76,13 @@ def constraint_spans(value):
 
 
 class ParallelPlot(Viewer):
-    """Parallel coordinates of the filtered runs; brushing axes selects the runs inside."""
+    """Parallel coordinates of the filtered runs; brushing axes selects the runs inside.
+    Plotly draws them with WebGL, which without a GPU takes seconds for a few thousand runs
+    (and blocks the page meanwhile), so above ``AUTO_DRAW_RUNS`` runs they wait for "Draw"."""
 
     explorer = param.ClassSelector(class_=RunsExplorer)
+    draw = param.Boolean(default=None, allow_None=True, label="Draw parallel coordinates",
+                         doc="Draw the plot; None: only when the store has few runs")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -84,13 +90,18 @@ class ParallelPlot(Viewer):
         self._columns: list[str] = []
         self._brushed: list[str] = []
         e = self.explorer
+        if self.draw is None:
+            self.draw = len(e.runs) <= AUTO_DRAW_RUNS
         figure = pn.bind(self.figure, e.param.filtered, e.param.quality, e.param.cost,
-                         e.param.log_x, e.param.log_y, e.param.selected)
+                         e.param.log_x, e.param.log_y, e.param.selected, self.param.draw)
         self.pane = pn.pane.Plotly(figure, sizing_mode="stretch_width", min_height=380,
-                                   config=PLOTLY_CONFIG)
+                                   config=PLOTLY_CONFIG, visible=self.param.draw)
         self.pane.param.watch(self._on_restyle, "restyle_data")
 
-    def figure(self, filtered, quality, cost, log_x, log_y, selected):
+    def figure(self, filtered, quality, cost, log_x, log_y, selected, draw=True):
+        if not draw:
+            self._columns = []
+            return go.Figure()
         if selected != self._brushed:  # selected elsewhere: the brushes no longer describe it
             self._ranges, self._brushed = {}, []
         fig = parcoords_figure(filtered, quality, cost, selected, self._ranges, log_x, log_y)
@@ -121,7 +132,8 @@ class ParallelPlot(Viewer):
         e.select(self._brushed)
 
     def __panel__(self):
-        return self.pane
+        return pn.Column(pn.widgets.Checkbox.from_param(self.param.draw), self.pane,
+                         sizing_mode="stretch_width")
 
 
 def round_significant(values: pd.Series, digits: int = 4) -> pd.Series:
