@@ -115,3 +115,23 @@ def test_semi_structured_timing_on_cuda():
     from workbench.structures.semi_structured import semi_structured_timing
     row = semi_structured_timing(256, 512, tokens=512, min_run_time=0.05)
     assert row["ms_dense"] > 0 and row["ms_2_4"] > 0 and row["err_2_4"] < 2e-2
+
+
+def test_semi_structured_results_import_as_runs(tmp_path):
+    import json
+    from workbench.runs.benchmarks import benchmark_records
+    row = {"model": "MiniLM", "layer": "output.dense (FFN out)", "out_features": 384,
+           "in_features": 1536, "tokens": 16384, "dtype": "bfloat16", "ms_dense": 0.2,
+           "ms_2_4": 0.25, "speedup": 0.8, "err_dense": 1e-3, "err_2_4": 2e-3}
+    refused = {"model": "x", "layer": "y", "out_features": 8, "in_features": 8, "error": "no"}
+    path = tmp_path / "semi.json"
+    path.write_text(json.dumps({"benchmark": "semi_structured", "rows": [row, refused],
+                                "environment": {"device_name": "GPU", "torch": "2.x"}}))
+    dense, sparse = benchmark_records(path)
+    assert (dense.method, sparse.method) == ("dense", "nm")
+    assert sparse.metrics["speedup_vs_dense"] == pytest.approx(0.8)
+    assert sparse.cost["nonzeros"] == 384 * 1536 // 2 and sparse.cost["latency_ms"] == 0.25
+    assert [r.run_id for r in benchmark_records(path)] == [dense.run_id, sparse.run_id]
+    path.write_text(json.dumps({"benchmark": "semi_structured"}))
+    with pytest.raises(ValueError, match="not a semi-structured benchmark result"):
+        benchmark_records(path)

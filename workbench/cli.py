@@ -204,11 +204,11 @@ def _runs_export(args) -> int:
 
 def _runs_import(args) -> int:
     from .runs import StoreError
-    from .runs.benchmarks import monarch_benchmark_records
+    from .runs.benchmarks import benchmark_records
     store = _store(args)
     added = skipped = 0
     for path in args.files:
-        for record in monarch_benchmark_records(path):
+        for record in benchmark_records(path):
             try:
                 store.add(record)
                 added += 1

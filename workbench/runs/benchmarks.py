@@ -1,8 +1,11 @@
 """Benchmark results (``benchmarks/results/*.json``) as run records, so the dashboard shows them.
 
 Each measured implementation of each benchmark row becomes one record: ``dense``,
-``monarch-plain`` (the two-bmm reference algorithm) or ``monarch`` (the fast path). Run ids are
-derived from the file and row, so importing a file twice adds nothing the second time.
+``monarch-plain`` (the two-bmm reference algorithm) or ``monarch`` (the fast path) for
+``benchmarks/monarch.py``; ``dense`` and ``nm`` (2:4 on the semi-structured kernels) for
+``benchmarks/semi_structured.py``. :func:`benchmark_records` picks the reader by the file's
+``benchmark`` field. Run ids are derived from the file and row, so importing a file twice adds
+nothing the second time.
 """
 from __future__ import annotations
 
@@ -22,11 +25,7 @@ def _run_id(*parts) -> str:
 def monarch_benchmark_records(path: str | Path) -> list[RunRecord]:
     """Records for a ``benchmarks/monarch.py`` result file (layer speed, bf16, one GPU)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        rows, env = data["rows"], data["environment"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path} is not a Monarch benchmark result: {exc}") from exc
+    data, rows, env = _load(path, "Monarch")
     records = []
     for row in rows:
         n, b, tokens = row["n"], row["nblocks"], row["tokens"]
@@ -57,3 +56,52 @@ def monarch_benchmark_records(path: str | Path) -> list[RunRecord]:
                 created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
                     "created_at"].default_factory()))
     return records
+
+
+def _load(path: Path, what: str) -> tuple[dict, list, dict]:
+    try:
+        data = json.loads(path.read_text())
+        return data, data["rows"], data["environment"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a {what} benchmark result: {exc}") from exc
+
+
+def semi_structured_benchmark_records(path: str | Path) -> list[RunRecord]:
+    """Records for a ``benchmarks/semi_structured.py`` result file: per layer shape (out, in),
+    ``dense`` and ``nm`` (2:4 semi-structured) with latency for the whole token batch; shapes
+    the kernels refused (rows with an ``error``) are skipped."""
+    path = Path(path)
+    data, rows, env = _load(path, "semi-structured")
+    records = []
+    for row in (r for r in rows if "error" not in r):
+        out_f, in_f, tokens = row["out_features"], row["in_features"], row["tokens"]
+        for impl, ms, err in (("dense", row["ms_dense"], row["err_dense"]),
+                              ("2:4", row["ms_2_4"], row["err_2_4"])):
+            params = out_f * in_f // (2 if impl == "2:4" else 1)
+            records.append(RunRecord(
+                run_id=_run_id(path.name, row["model"], row["layer"], out_f, in_f, impl),
+                method="dense" if impl == "dense" else "nm",
+                notebook=f"benchmarks/{path.name}", model=f"linear {in_f}->{out_f}",
+                dataset=f"{tokens} tokens, {row.get('dtype', env.get('dtype', 'bfloat16'))}",
+                parameters={"layer": f"{row['model']}: {row['layer']}", "out_features": out_f,
+                            "in_features": in_f, "tokens": tokens, "impl": impl,
+                            "n": 2 if impl == "2:4" else 0, "m": 4 if impl == "2:4" else 0,
+                            "benchmark": "semi_structured"},
+                metrics={"speedup_vs_dense": row["ms_dense"] / ms, "rel_error_vs_fp32": err},
+                cost={"params": out_f * in_f, "nonzeros": params, "flops_per_sample": 2 * params,
+                      "latency_ms": ms, "throughput_per_s": tokens / (ms / 1e3)},
+                device=env.get("device_name", ""), torch_version=env.get("torch", ""),
+                created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
+                    "created_at"].default_factory()))
+    return records
+
+
+def benchmark_records(path: str | Path) -> list[RunRecord]:
+    """Records for any benchmark result file, by its ``benchmark`` field (Monarch by default)."""
+    try:
+        kind = json.loads(Path(path).read_text()).get("benchmark")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # the Monarch reader names the problem
+    if kind == "semi_structured":
+        return semi_structured_benchmark_records(path)
+    return monarch_benchmark_records(path)
