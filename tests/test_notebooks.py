@@ -15,6 +15,9 @@ VARIANTS = {
     "monarch_train": [{}, {"model": "gpt", "dataset": "bytes", "nblocks": "[4]"}],
     "monarch_finetune": [{"nblocks": "[4]"}],
     "inspect_attention": [{}, {"model": "gpt", "layers": "[0, -1]"}],
+    "dynamic_sparse": [{}, {"model": "mixer", "layers": "hidden", "distribution": "uniform"}],
+    "sparse_ift": [{}, {"model": "mixer", "layers": "hidden", "masks": "static",
+                        "sparsities": "[0.75]"}],
 }
 # How many run records one execution writes (the main run plus its logged variants).
 RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]"))),
@@ -25,7 +28,10 @@ RECORDS = {"monarch_train": lambda p: 1 + len(eval(p.get("nblocks", "[4, 16]")))
                1 + len(eval(p.get("sparsities", "[0.8, 0.95]")))
                * len(eval(p.get("distributions", "['erk', 'uniform']")))),
            "nm_sparsity": lambda p: 1 + len(eval(p.get("patterns", "['1:4', '2:4', '4:8']")))
-           + len(eval(p.get("srste_patterns", "['2:4']")))}
+           + len(eval(p.get("srste_patterns", "['2:4']"))),
+           "dynamic_sparse": lambda p: 5,  # dense, small-dense, static, set, rigl
+           "sparse_ift": lambda p: 1 + len(eval(p.get("sparsities", "[0.5, 0.75, 0.9]")))
+           * len(eval(p.get("variants", "['wide', 'parallel', 'factorized', 'doped']")))}
 CASES = [(nb, params) for nb in NOTEBOOKS for params in VARIANTS.get(nb.stem, [{}])]
 pytestmark = pytest.mark.notebook
 

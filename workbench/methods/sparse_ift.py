@@ -11,10 +11,12 @@ done to a built model in place. Build the reference model twice, at ``width`` an
 ``wide_width(width, s)`` (for the workbench's reference models: the MLP's hidden width, the
 Mixer's channels with its FFN hidden 4× that, the GPT's embedding with its FFN), then
 ``apply_method("sparse_ift", wide, variant="wide", reference=dense, example=batch)`` masks each
-linear of the wide model so that its FLOPs on ``example`` equal the same-named layer's in the
-reference: density ``(2·rows·d_in·d_out + rows·d_out)_ref − rows·d_out`` over the wide layer's,
-so ≈ 1-s where both sides grew and ≈ √(1-s) where one did (an input or output layer). Non-linear
-parts that grow with width (LayerNorm, GELU, attention scores) are not FLOP-matched; the cost
+linear of the wide model so that its FLOPs on ``example`` (``rows·(2·nonzeros + d_out)``, rows =
+batch × tokens it multiplies) equal those of the same-named layer of the dense reference. The
+density is then ≈ 1-s where both sides of a layer grew, ≈ √(1-s) where one did (the input and
+output layers), and lower still where the rows grew too (the Mixer's token MLPs run once per
+channel). Kept weights are rescaled to keep each layer's output variance. Parts that grow with
+width but are not linears (LayerNorm, GELU, attention scores) are not FLOP-matched; the cost
 meter reports the model's total honestly. All masks are static and random; a dynamic sparse
 sparsifier (``workbench.methods.dynamic_sparse``) can move them while training.
 """
