@@ -225,3 +225,24 @@ def test_deep_link_sets_the_view_and_follows_changes(store):
     widgets["method"].value = []
     e.cost = "cost.flops_per_sample"
     assert location.search == "?logy=1&param.nblocks=8&runs=monarch8-s0"
+
+
+def test_table_can_show_only_the_selected_runs(store):
+    from workbench.app.dashboard import Dashboard
+
+    dash = Dashboard(store=store.url)
+    dash.explorer.select(["gmp-s0", "monarch4-s1"])
+    dash.table.only_selected = True
+    assert sorted(dash.table.widget.value["run_id"]) == ["gmp-s0", "monarch4-s1"]
+    assert len(dash.table.widget.selection) == 2
+    dash.explorer.select([])  # nothing selected: every filtered run again
+    assert len(dash.table.widget.value) == 6
+
+
+def test_table_keeps_a_parameter_named_like_a_run_field_apart():
+    from workbench.app.views import table_frame
+
+    df = runs_frame().assign(**{"param.model": ["a", "b"] * 3, "param.device": "cuda"})
+    table = table_frame(df, "metric.accuracy", "cost.flops_per_sample")
+    assert table.columns.is_unique
+    assert {"model", "param.model", "nblocks", "accuracy"} <= set(table.columns)

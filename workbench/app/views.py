@@ -158,7 +158,9 @@ def table_frame(df: pd.DataFrame, quality: str | None, cost: str | None) -> pd.D
         table[col] = round_significant(table[col])
     labels = {c: column_label(c) if not c.startswith("param.") else c[6:] for c in cols
               if c in (quality, cost, "duration_s") or c.startswith("param.")}
-    return table.rename(columns=labels)
+    names = [labels.get(c, c) for c in cols]
+    clash = {n for n in names if names.count(n) > 1}  # e.g. param.model beside model
+    return table.rename(columns={c: n for c, n in labels.items() if n not in clash})
 
 
 def table_options(table: pd.DataFrame) -> tuple[dict, dict]:
@@ -182,6 +184,7 @@ class RunsTable(Viewer):
 
     explorer = param.ClassSelector(class_=RunsExplorer)
     page_size = param.Integer(default=15, bounds=(5, 200))
+    only_selected = param.Boolean(default=False, label="Show only the selected runs")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -193,13 +196,20 @@ class RunsTable(Viewer):
             configuration={"columnDefaults": {"tooltip": True}})
         e = self.explorer
         e.param.watch(self._refresh, ["filtered", "quality", "cost"])
-        e.param.watch(lambda _: self._show_selection(), ["selected"])
+        e.param.watch(self._on_explorer_selection, ["selected"])
+        self.param.watch(self._refresh, ["only_selected"])
         self.widget.param.watch(self._on_selection, "selection")
         self._refresh()
 
-    def _refresh(self, *_) -> None:
+    def _rows(self) -> pd.DataFrame:
         e = self.explorer
-        table = table_frame(e.filtered, e.quality, e.cost) if not e.filtered.empty else (
+        if self.only_selected and e.selected:
+            return e.filtered[e.filtered["run_id"].isin(e.selected)]
+        return e.filtered
+
+    def _refresh(self, *_) -> None:
+        e, rows = self.explorer, self._rows()
+        table = table_frame(rows, e.quality, e.cost) if not rows.empty else (
             pd.DataFrame(columns=list(TABLE_COLUMNS)))
         formatters, header = table_options(table)
         update = {"value": table}
@@ -211,6 +221,9 @@ class RunsTable(Viewer):
         finally:
             self._syncing = False
         self._show_selection()
+
+    def _on_explorer_selection(self, _) -> None:
+        self._refresh() if self.only_selected else self._show_selection()
 
     def _show_selection(self) -> None:
         ids = pd.Index(self.widget.value["run_id"]) if "run_id" in self.widget.value else pd.Index([])
@@ -235,7 +248,8 @@ class RunsTable(Viewer):
         return str(value["run_id"].iloc[row]) if 0 <= row < len(value) else None
 
     def __panel__(self):
-        return self.widget
+        return pn.Column(pn.widgets.Checkbox.from_param(self.param.only_selected), self.widget,
+                         sizing_mode="stretch_width")
 
 
 class GroupsTable(Viewer):
