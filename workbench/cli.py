@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "parquet"), default="csv")
     export.add_argument("-o", "--output", help="file (default: stdout for csv)")
     export.set_defaults(handler=_runs_export)
+    imp_store = runs_sub.add_parser("import-store", help="copy the runs of another store "
+                                    "(records and artifact folders) into this one")
+    imp_store.add_argument("source", help="SQLite path or SQLAlchemy URL of the other store")
+    imp_store.set_defaults(handler=_runs_import_store)
     imp = runs_sub.add_parser("import-benchmark", help="add a benchmarks/results JSON as runs")
     imp.add_argument("files", nargs="+")
     imp.set_defaults(handler=_runs_import)
@@ -199,6 +203,14 @@ def _runs_export(args) -> int:
         frame.to_csv(sys.stdout, index=False)
     if args.output:
         print(f"wrote {len(frame)} runs to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _runs_import_store(args) -> int:
+    from .runs.transfer import import_store
+    if "://" not in args.source and not Path(args.source).is_file():
+        raise FileNotFoundError(f"no run store at {args.source}")
+    print(import_store(args.source, _store(args)))
     return 0
 
 
