@@ -115,8 +115,11 @@ def parcoords_figure(df: pd.DataFrame, quality: str | None, cost: str | None, se
     fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line,
                                  unselected=dict(line=dict(opacity=0.05))))
     note = f" · {len(selected)} selected" if selected else " · coloured by method"
+    # room on the left for the first axis' tick labels (the method names)
+    left = min(160, 20 + 7 * max((len(t) for t in dimensions[0].get("ticktext") or [""]),
+                                 default=0))
     fig.update_layout(template="plotly_white", height=380, meta={"columns": columns},
-                      margin=dict(l=60, r=60, t=80, b=30),
+                      margin=dict(l=max(left, 60), r=60, t=80, b=30),
                       title=dict(text=f"Parallel coordinates · {len(rows)} runs{note}", x=0.01,
                                  font=dict(size=16)))
     return fig
