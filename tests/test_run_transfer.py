@@ -32,6 +32,9 @@ def test_import_copies_records_and_artifacts_once(tmp_path):
         assert target.artifact(copied.output_notebook).read_text().startswith("notebook")
     again = import_store(source, target)
     assert not again.added and sorted(again.already_present) == sorted(ids)
+    picked = import_store(source, tmp_path / "picked" / "runs.sqlite",
+                          select=lambda r: r.parameters["width"] == 1)
+    assert picked.added == [ids[1]]
     with pytest.raises(ValueError, match="same store"):
         import_store(source, source)
 

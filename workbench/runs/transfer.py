@@ -9,6 +9,7 @@ and skipped, never copied.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .record import RunRecord
@@ -26,8 +27,10 @@ class ImportReport:
                 f"store, {len(self.corrupt)} corrupt skipped)")
 
 
-def import_store(source: RunStore | str, target: RunStore | str) -> ImportReport:
-    """Add every readable record of ``source`` to ``target`` with its artifact folder."""
+def import_store(source: RunStore | str, target: RunStore | str,
+                 select: Callable[[RunRecord], bool] | None = None) -> ImportReport:
+    """Add every readable record of ``source`` (those ``select`` accepts, if given) to
+    ``target`` with its artifact folder."""
     source = source if isinstance(source, RunStore) else RunStore(source)
     target = target if isinstance(target, RunStore) else RunStore(target)
     if source.url == target.url:
@@ -37,6 +40,8 @@ def import_store(source: RunStore | str, target: RunStore | str) -> ImportReport
     for record in source.records():
         if isinstance(record, CorruptRecord) or not isinstance(record, RunRecord):
             report.corrupt.append(getattr(record, "run_id", "?"))
+            continue
+        if select is not None and not select(record):
             continue
         if record.run_id in existing:
             report.already_present.append(record.run_id)
