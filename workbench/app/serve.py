@@ -238,8 +238,13 @@ def serve(store=None, address: str = "localhost", port: int = 5006, show: bool =
     kwargs["extra_patterns"] = [(f"/{COMPONENT_PATH}(.*)", LoadedComponentResourceHandler, {}),
                                 *kwargs.get("extra_patterns", [])]
     from .dashboard import TITLE, create_app
-    from .data import load_runs
-    load_runs(url)  # read the store before forking: every process starts with it cached
+    # Build a throw-away session before serving, so the first visitor does not wait for imports,
+    # Plotly's validators and the store. Bokeh refuses to fork once an app has made a session,
+    # so several processes only build the dashboard (reading the store into every cache).
+    if num_procs == 1:
+        kwargs.setdefault("warm", True)
+    else:
+        create_app(url)
     print(f"workbench dashboard: http://{address or '0.0.0.0'}:{port}/  (store {url}"
           f"{', password login' if basic_auth else ''}"
           f"{f', {num_procs or os.cpu_count()} processes' if num_procs != 1 else ''})",
