@@ -113,7 +113,9 @@ class DynamicSparsifier(Sparsifier):
     """Prune-and-regrow for ``layers`` ({name: MaskedLinear}), called as ``step(t)`` after each
     optimizer step. ``snapshots``: [(step, {name: bool mask (out, in) on the CPU})], the start
     (step 0) and every update; ``updates``: one dict per layer and update (step, layer,
-    drop_fraction, moved, regrown_dropped: moved entries that came straight back)."""
+    drop_fraction, moved, regrown_dropped: moved entries that came straight back). The
+    optimizer's moments of a regrown weight are left as they are (the hook sees no optimizer);
+    they decayed towards 0 while the weight was masked."""
 
     def __init__(self, layers: dict[str, MaskedLinear], config: DynamicSparseConfig):
         super().__init__(layers)
