@@ -24,3 +24,8 @@ def test_task_is_balanced_seeded_and_tokenized():
     assert set(data.x_train[:, 1].unique().tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="unknown size"):
         load_docstring_topics(tokenizer, size="huge")
+
+
+def test_missing_package_is_named():
+    with pytest.raises(FileNotFoundError, match="'no_such_pkg' is missing"):
+        docstring_texts("no_such_pkg")

@@ -15,15 +15,21 @@ import torch
 from .dataset import Dataset
 from .text import iter_source_files, stdlib_dir
 
-PACKAGES = ("asyncio", "email", "unittest", "xml", "multiprocessing", "importlib", "tkinter",
-            "idlelib")
+# Packages every CPython install has (tkinter and idlelib, used before 2026-11-29 21:55, are
+# split into separate Debian packages and were missing on the GPU machine).
+PACKAGES = ("asyncio", "email", "unittest", "xml", "multiprocessing", "importlib", "logging",
+            "http")
 SIZES = {"ci": 48, "default": 400, "gpu": 400}  # samples per class (at most)
 
 
 def docstring_texts(package: str) -> list[str]:
     """First paragraphs of the function / class docstrings of ``package`` (sorted, unique)."""
     texts = set()
-    for path in iter_source_files(stdlib_dir() / package):
+    folder = stdlib_dir() / package
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the standard-library package {package!r} is missing from "
+                                f"{stdlib_dir()} (some distributions ship it separately)")
+    for path in iter_source_files(folder):
         if "test" in path.parts[-2:] or path.name.startswith("test"):
             continue
         try:
