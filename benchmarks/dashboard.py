@@ -1,6 +1,7 @@
 """The dashboard with a 10,000-run store in headless Chromium: first render, filter and axis change.
 
-    .venv/bin/python benchmarks/dashboard.py --out benchmarks/results/dashboard_10k_cpu.json
+    .venv/bin/python benchmarks/dashboard.py --out benchmarks/results/dashboard_10k_cpu.json \
+        --screenshot benchmarks/results/dashboard_10k_cpu.png
     .venv/bin/python benchmarks/dashboard.py --runs 2000 --repeats 3       # a quicker look
 
 A generated store (several methods, models, datasets, parameter grids, seeds; accuracy or loss
@@ -238,8 +239,10 @@ def choose_cost(page, label: str) -> None:
     page.locator(f"select:has(option:text-is('{label}'))").first.select_option(label=label)
 
 
-def measure(url: str, counts: dict, repeats: int, method: str, cost_label: str) -> dict:
-    """Warm-up page, then ``repeats`` fresh pages: first render, filter change, axis change."""
+def measure(url: str, counts: dict, repeats: int, method: str, cost_label: str,
+            screenshot: str | None = None) -> dict:
+    """Warm-up page, then ``repeats`` fresh pages: first render, filter change, axis change.
+    ``screenshot``: a PNG of the first page as first rendered."""
     from playwright.sync_api import sync_playwright
 
     rows: list[dict] = []
@@ -250,6 +253,8 @@ def measure(url: str, counts: dict, repeats: int, method: str, cost_label: str) 
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.add_init_script(PROBE)
                 row = {"first_render": first_render(page, url, counts["plotted"])}
+                if i == 0 and screenshot:
+                    page.screenshot(path=screenshot)
                 row["filter_change"] = timed_change(
                     page, lambda: choose_method(page, method),
                     points=counts["per_method"][method])
@@ -332,6 +337,7 @@ def main() -> None:
     parser.add_argument("--method", default="monarch", help="the method the filter picks")
     parser.add_argument("--cost", default="latency (ms)", help="the axis change's new x label")
     parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--screenshot", help="PNG of the dashboard with the generated runs")
     args = parser.parse_args()
 
     load_before = os.getloadavg()  # before this process starts any work of its own
@@ -351,7 +357,7 @@ def main() -> None:
         server = start_server(store, port, Path(tmp) / "server.log")
         try:
             result = measure(f"http://localhost:{port}/", counts, args.repeats, args.method,
-                             args.cost)
+                             args.cost, args.screenshot)
         finally:
             server.terminate()
             server.wait(timeout=20)

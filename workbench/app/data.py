@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 
 import numpy as np
 import pandas as pd
-import panel as pn
 import sqlalchemy as sa
 
 from workbench.runs.record import RecordError, RunRecord
@@ -33,19 +33,26 @@ LABELS = {
     "metric.bits_per_byte": "bits per byte",
 }
 MAX_CACHED_STORES = 8
+_frames: dict[str, tuple[tuple, pd.DataFrame]] = {}  # store URL -> (version, runs frame)
+_lock = threading.Lock()
 
 
 def load_runs(store=None, force: bool = False) -> pd.DataFrame:
     """The store's runs, one row per run, oldest first.
 
     ``store`` is a path, an SQLAlchemy URL or None (``WORKBENCH_STORE`` / the default store).
-    The frame is read once per process and store version (see ``store_version``), so sessions
-    share it until a run is added; ``force=True`` drops the cached copies first.
+    The frame is read once per process and store version (see ``store_version``) and shared by
+    every session until a run is added; ``force=True`` reads it again regardless.
     """
     url = resolve_store_url(store)
-    if force:
-        _load_frame.clear()
-    return _load_frame(url, store_version(url)).copy()
+    version = store_version(url)
+    with _lock:
+        cached = _frames.get(url)
+    if force or cached is None or cached[0] != version:
+        cached = (version, normalize_frame(read_frame(url)))
+        with _lock:  # one frame per store: an older version is dropped, not kept beside it
+            _frames[url] = cached
+    return cached[1].copy()
 
 
 def store_version(url: str) -> tuple:
@@ -65,11 +72,6 @@ def store_version(url: str) -> tuple:
 def _version_engine(url: str) -> sa.engine.Engine:
     # No pool: no connection outlives a query, so the engine is safe to share across a fork.
     return sa.create_engine(url, poolclass=sa.pool.NullPool)
-
-
-@pn.cache(max_items=MAX_CACHED_STORES)
-def _load_frame(url: str, version: tuple) -> pd.DataFrame:
-    return normalize_frame(read_frame(url))
 
 
 def read_frame(url: str) -> pd.DataFrame:
