@@ -266,9 +266,10 @@ def measure(url: str, counts: dict, repeats: int, method: str, cost_label: str,
                       {k: round(v["ms"]) for k, v in row.items() if isinstance(v, dict)},
                       f"load {row['load_average_1min']}", flush=True)
                 rows.append(row)
+            version = browser.version
         finally:
             browser.close()
-    return {"warm_up": rows[0], "repeats": rows[1:]}
+    return {"chromium_version": version, "warm_up": rows[0], "repeats": rows[1:]}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -326,7 +327,7 @@ def machine() -> dict:
     from workbench.environment import device_name
     return {"device": device_name("cpu"), "cores": os.cpu_count(), "torch": torch.__version__,
             "panel": panel.__version__, "bokeh": bokeh.__version__, "plotly": plotly.__version__,
-            "python": sys.version.split()[0], "chromium": CHROMIUM}
+            "python": sys.version.split()[0]}
 
 
 def main() -> None:
@@ -364,7 +365,8 @@ def main() -> None:
     load_after = os.getloadavg()
     out = {
         "benchmark": "dashboard", "date": datetime.date.today().isoformat(),
-        "machine": machine(), "load_average_before": [round(x, 2) for x in load_before],
+        "machine": {**machine(), "chromium": result.pop("chromium_version")},
+        "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "store": {**counts, "generate_s": round(generate_s, 2), "read_frame_s": round(read_s, 3)},
         "changes": {"filter": f"method filter -> {args.method} "
