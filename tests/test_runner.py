@@ -25,7 +25,7 @@ def test_ok_run_writes_record_and_output_notebook():
     record = RunStore().get(run_id)
     assert record.status == "ok" and record.method == "tiny" and record.seed == 3
     assert record.parameters == {"x": 3, "rate": 0.5, "name": "a", "flag": False,
-                                 "mode": "slow", "fail": False, "die": False}
+                                 "mode": "slow", "fail": False, "die": False, "stall": 0.0}
     assert record.metrics == {"accuracy": 1.5, "split": "test"}
     assert record.torch_version and record.device and record.duration_s > 0
     variant = [r for r in RunStore().records() if r.method == "tiny-dense"]
@@ -77,6 +77,36 @@ def test_dead_kernel_records_failed_run():
     record = RunStore().get(run_id)
     assert record.status == "failed" and "kernel died" in record.error
     assert record.output_notebook and record.metrics["accuracy"] == 0.5
+
+
+def test_sigterm_records_the_run_before_a_slow_kernel_stops():
+    """A scheduler's SIGTERM, then SIGKILL 3 s later (``timeout -k 3``), while the kernel sits
+    in a cell that ignores signals (like a long GPU call): the failed run is stored at the
+    SIGTERM, not only after papermill has shut the kernel down (which takes >= 5 s here)."""
+    store = RunStore()
+    before = {r.run_id for r in store.records()}
+    proc = subprocess.Popen(workbench_cmd("run", TINY, "-p", "stall", "120", "--no-progress"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(
+                store.artifacts_root.glob("*/results.json")):  # the notebook logged: stalling
+            time.sleep(0.5)
+        time.sleep(1.0)
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    new = [r for r in store.records() if r.run_id not in before and r.method == "tiny"]
+    assert len(new) == 1, "the interrupted run was not recorded"
+    assert new[0].status == "failed" and "interrupted" in new[0].error
+    assert new[0].metrics["accuracy"] == 0.5  # what it logged before the signal is kept
 
 
 def test_runs_list_show_export(tmp_path):

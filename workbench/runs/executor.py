@@ -9,6 +9,7 @@ cell raises, the kernel dies, a cell times out or the run is interrupted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -53,17 +54,31 @@ def execute(notebook: str | Path, given: dict[str, Any] | None = None, *,
     env = {"WORKBENCH_RUN_DIR": str(folder), "WORKBENCH_RUN_ID": record.run_id,
            "WORKBENCH_STORE": store.url}
     started = time.perf_counter()
+    stored = []
+
+    def store_once(error: str | None = None) -> None:
+        if stored:
+            return
+        stored.append(True)
+        if error:
+            record.status, record.error = "failed", error
+        record.duration_s = round(time.perf_counter() - started, 3)
+        _finish(record, folder, output, store)
+
+    # On SIGTERM the failed record is stored at once, before papermill shuts the kernel down
+    # (a GPU kernel can take longer to stop than a scheduler waits before SIGKILL).
+    on_term = functools.partial(store_once, "interrupted (SIGTERM) before the notebook finished")
     try:
-        with _environment(env), _sigterm_as_interrupt():
+        with _environment(env), _sigterm_as_interrupt(on_term):
             _papermill(notebook, output, values, ensure_kernel(kernel), cell_timeout, progress)
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded
         record.status = "failed"
-        record.error = _describe(exc)
+        record.error = record.error or _describe(exc)
         if not isinstance(exc, (Exception, KeyboardInterrupt)):
+            store_once()
             raise
     finally:
-        record.duration_s = round(time.perf_counter() - started, 3)
-        _finish(record, folder, output, store)
+        store_once()
     return record
 
 
@@ -141,9 +156,12 @@ def _environment(values: dict[str, str]):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """A SIGTERM (e.g. a job scheduler's kill) is handled like Ctrl-C, so the run is recorded."""
+def _sigterm_as_interrupt(before=None):
+    """A SIGTERM (e.g. a job scheduler's kill) is handled like Ctrl-C, so the run is recorded;
+    ``before()`` runs first, inside the handler."""
     def handler(signum, frame):
+        if before is not None:
+            before()
         raise KeyboardInterrupt
     try:
         previous = signal.signal(signal.SIGTERM, handler)
