@@ -123,12 +123,12 @@ def generate_store(path: Path, runs: int, seed: int = 0) -> dict:
     while counts["plotted"] < runs or counts["failed"] < runs // 100:
         record = fake_record(rng, i)
         i += 1
-        failed = record.status == "failed"
-        if (failed and counts["failed"] >= runs // 100) or (not failed and counts["plotted"] >= runs):
+        kind = "failed" if record.status == "failed" else "plotted"
+        if counts[kind] >= (runs // 100 if kind == "failed" else runs):
             continue
         store.add(record)
-        counts["failed" if failed else "plotted"] += 1
-        if not failed:
+        counts[kind] += 1
+        if kind == "plotted":
             counts["per_method"][record.method] = counts["per_method"].get(record.method, 0) + 1
     store.engine.dispose()
     counts["runs"] = counts["plotted"] + counts["failed"]
@@ -147,7 +147,7 @@ PROBE = r"""
              .includes('markers') && t.x ? t.x.length : 0), 0);
   const record = (kind, gd) => wb.draws.push({t: performance.now(), kind, points: points(gd),
       parcoords: (gd.data || []).some(t => t.type === 'parcoords'),
-      x: String(((gd.layout || {}).xaxis || {}).title?.text ?? (gd.layout || {}).xaxis?.title ?? '')});
+      x: String(gd.layout?.xaxis?.title?.text ?? gd.layout?.xaxis?.title ?? '')});
   let plotly;
   Object.defineProperty(window, 'Plotly', {configurable: true, get: () => plotly, set: (lib) => {
     plotly = lib;

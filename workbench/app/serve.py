@@ -104,7 +104,8 @@ def auth_file_warnings(path: str | os.PathLike, users: dict[str, str]) -> list[s
     if plain:
         notes.append(f"{path}: password(s) of {', '.join(plain)} are stored in plain text; "
                      f"`workbench passwd {path} USER` stores a hash instead")
-    if os.name == "posix" and Path(path).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    mode = Path(path).expanduser().stat().st_mode
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         notes.append(f"{path} is readable by other users; consider `chmod 600 {path}`")
     return notes
 
