@@ -136,3 +136,11 @@ def test_artifact_paths_are_relative_and_confined(tmp_path):
     for escape in ("../runs.sqlite", "/etc/passwd", "abc/../../x"):
         with pytest.raises(StoreError, match="outside the store"):
             store.artifact(escape)
+
+
+def test_store_url_accepts_an_open_store_and_refuses_other_objects(tmp_path):
+    from workbench.runs.store import resolve_store_url
+    store = RunStore(tmp_path / "runs.sqlite")
+    assert resolve_store_url(store) == store.url and RunStore(store).url == store.url
+    with pytest.raises(TypeError, match="not int"):
+        resolve_store_url(3)

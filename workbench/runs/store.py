@@ -66,8 +66,14 @@ def default_store_path() -> Path:
     return Path.home() / ".workbench" / "store" / "runs.sqlite"
 
 
-def resolve_store_url(store: str | os.PathLike | None = None) -> str:
-    """An SQLAlchemy URL from an explicit value, ``WORKBENCH_STORE``, or the default path."""
+def resolve_store_url(store: "str | os.PathLike | RunStore | None" = None) -> str:
+    """An SQLAlchemy URL from an explicit value (a path, a URL or an open RunStore),
+    ``WORKBENCH_STORE``, or the default path."""
+    if isinstance(store, RunStore):
+        return store.url
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise TypeError(f"a run store is a path, an SQLAlchemy URL or a RunStore, "
+                        f"not {type(store).__name__}")
     value = str(store) if store is not None else os.environ.get("WORKBENCH_STORE", "")
     if not value:
         value = str(default_store_path())
