@@ -18,7 +18,11 @@ factor's side: with w1's rows permuted within each block (``fold_rows``), stage 
 directly and its gradients read the grouped dh (dm) directly, through a two-level index (runs of
 q/b contiguous elements, ``monarch_triton``): two copies per forward+backward remain (the
 output's P2 interleave and the grouping of dy).
-``plan`` lists every product's strides. Back ends: ``"triton"`` (CUDA) and ``"torch"``, which
+By default (``STAGE2_DEFAULT = "cublas"``) the three stage-2 products then run as cuBLAS
+batched GEMMs that read the grouped operands through strides (``stage2_bmm``,
+``_cublas_backward``; 725 vs 510 TFLOP/s at n=4096, b=4), and the first factor's products stay
+on the Triton kernel, which alone can address the two-level layout.
+``monarch_plan.plan`` lists every product's strides. Back ends: ``"triton"`` (CUDA) and ``"torch"``, which
 runs the same strides through ``as_strided`` + ``matmul`` (any device; slow; it tests the plan).
 
 ``monarch_multiply_fast(x, w1, w2, out_features, impl)`` has ``monarch_multiply``'s interface;
@@ -31,6 +35,10 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # noqa: F401
+                           choose_config, fold_rows, group, plan, two_level, unfold_rows,
+                           ungroup)
 
 IMPLS = ("auto", "plain", "torch", "triton")
 
@@ -54,128 +62,6 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
     if impl == "triton" and not (x.is_cuda and triton_available()):
         raise RuntimeError("monarch: impl='triton' needs a CUDA tensor and an importable Triton")
     return impl
-
-
-# ---- the plan: (G, M, N, K, A strides, B strides, C strides) per product --------------------
-def plan(name: str, tokens: int, b: int, p: int, q: int, s: int):
-    """Sizes and (batch, row, col) strides of A (G, M, K), B (G, K, N) and C (G, M, N) for one
-    of the products. Activations are contiguous: x, dx (T, b·p); h, dh (T, b·q) in the natural
-    order j = k·q + i; m (T, b, q) = h grouped by second-factor block (m[t, l, r] = h[t, r·b+l]);
-    y, dy (T, b·s); dy_g (T, b, s) = dy grouped (dy_g[t, l, t'] = dy[t, t'·b + l]).
-    Stage-2 products read grouped operands (contiguous) and write their natural-order output
-    through a stride-b store ("...>nat"), or a grouped output that is copied after ("...>grp").
-    Weights contiguous (b, q, p), (b, s, q)."""
-    T, P, H, Y = tokens, b * p, b * q, b * s
-    plans = {
-        # forward
-        "h=x@w1": (b, T, q, p, (p, P, 1), (q * p, 1, p), (q, H, 1)),
-        "y=m@w2>nat": (b, T, s, q, (q, H, 1), (s * q, 1, q), (1, Y, b)),
-        "y=m@w2>grp": (b, T, s, q, (q, H, 1), (s * q, 1, q), (s, Y, 1)),
-        # backward of stage 2
-        "dh=dy@w2>nat": (b, T, q, s, (s, Y, 1), (s * q, q, 1), (1, H, b)),
-        "dh=dy@w2>grp": (b, T, q, s, (s, Y, 1), (s * q, q, 1), (q, H, 1)),
-        "dw2=dy'm": (b, s, q, T, (s, 1, Y), (q, H, 1), (s * q, q, 1)),
-        # backward of stage 1
-        "dx=dh@w1": (b, T, p, q, (q, H, 1), (q * p, p, 1), (p, P, 1)),
-        "dw1=dh'x": (b, q, p, T, (q, 1, H), (p, P, 1), (q * p, p, 1)),
-        # "fold": the first factor with w1's rows permuted (w1p[k, l·c + r'] = w1[k, r'·b + l],
-        # c = q/b) reads and writes the middle activation in the grouped layout m directly:
-        # its column / reduction / row index n' = l·c + r' sits at l·q + k·c + r' (two-level)
-        "m=x@w1p": (b, T, q, p, (p, P, 1), (q * p, 1, p), (q // b, H, 1)),
-        "dx=dm@w1p": (b, T, p, q, (q // b, H, 1), (q * p, p, 1), (p, P, 1)),
-        "dw1p=dm'x": (b, q, p, T, (q // b, 1, H), (p, P, 1), (q * p, p, 1)),
-        # the same two with dm batch-major, dmT (b, T, q) [l, t, r] (cuBLAS stage 2 writes it):
-        # n' = l·c + r' of block k sits at l·T·q + k·c + r'
-        "dx=dmT@w1p": (b, T, p, q, (q // b, q, 1), (q * p, p, 1), (p, P, 1)),
-        "dw1p=dmT'x": (b, q, p, T, (q // b, 1, q), (p, P, 1), (q * p, p, 1)),
-        # the first version's stage 2, on natural-order operands (stride-b gathers, BL > 1)
-        "y=h@w2": (b, T, s, q, (1, H, b), (s * q, 1, q), (1, Y, b)),
-        "dh=dy@w2": (b, T, q, s, (1, Y, b), (s * q, q, 1), (1, H, b)),
-        "dw2=dy'h": (b, s, q, T, (1, b, Y), (1, H, b), (s * q, q, 1)),
-    }
-    return plans[name]
-
-
-TWO_LEVEL = {"m=x@w1p": 3, "dx=dm@w1p": 2, "dw1p=dm'x": 1,   # C's cols, A's K, A's rows
-             "dx=dmT@w1p": 2, "dw1p=dmT'x": 1}
-
-
-def two_level(name: str, tokens: int, b: int, p: int, q: int, s: int):
-    """``(which, cs, s_hi)`` for the products whose index ``which`` (1: A's rows, 2: A's
-    reduction index, 3: C's columns) is addressed as ``(i // cs)·s_hi + (i % cs)·stride``, else
-    None. For the fold products: runs of ``cs = q/b`` elements, ``q`` apart (``T·q`` apart in
-    the batch-major dmT)."""
-    if name not in TWO_LEVEL:
-        return None
-    return TWO_LEVEL[name], q // b, (tokens * q if "dmT" in name else q)
-
-
-def can_fold(b: int, q: int) -> bool:
-    """The fold plan needs b | q and runs of q/b >= 8 elements (16-byte vectors)."""
-    return q % b == 0 and (q // b) % 8 == 0
-
-
-def fold_rows(w1: torch.Tensor) -> torch.Tensor:
-    """w1 (b, q, p) -> w1p with w1p[k, l·(q/b) + r'] = w1[k, r'·b + l] (contiguous copy)."""
-    b, q, p = w1.shape
-    return w1.view(b, q // b, b, p).transpose(1, 2).reshape(b, q, p)
-
-
-def unfold_rows(w1p: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``fold_rows``."""
-    b, q, p = w1p.shape
-    return w1p.view(b, b, q // b, p).transpose(1, 2).reshape(b, q, p)
-
-
-def group(t: torch.Tensor, b: int) -> torch.Tensor:
-    """(T, c·b) natural order [t, r·b + l] -> contiguous grouped (T, b, c) [t, l, r]."""
-    return t.reshape(t.shape[0], -1, b).transpose(1, 2).contiguous()
-
-
-def ungroup(t: torch.Tensor) -> torch.Tensor:
-    """(T, b, c) grouped -> (T, c·b) natural order (copy)."""
-    return t.transpose(1, 2).reshape(t.shape[0], -1)
-
-
-STAGE2_GATHER = ("y=h@w2", "dh=dy@w2", "dw2=dy'h")
-WEIGHT_GRADS = ("dw2=dy'h", "dw2=dy'm", "dw1=dh'x", "dw1p=dm'x")
-
-
-def _pow2(n: int, lo: int, hi: int) -> int:
-    v = lo
-    while v < n and v < hi:
-        v *= 2
-    return v
-
-
-def choose_config(name: str, G: int, M: int, N: int, K: int, sms: int = 132,
-                  overrides: dict | None = None) -> dict:
-    """Tile sizes for one product (hand-set from H200 measurements, see benchmarks/NOTES.md)."""
-    stage2 = name in STAGE2_GATHER
-    BL = min(16, _pow2(G, 1, 16)) if stage2 else 1
-    if BL == 1:
-        BM = _pow2(M, 16, 128)
-        BN = _pow2(N, 16, 128)
-        BK = _pow2(K, 16, 64)
-        warps, stages = (8, 3) if BM * BN >= 128 * 128 else (4, 4)
-        if name.startswith("dx=dm") and BM == 128 and N >= 256:  # tile sweep, NOTES.md v5
-            BN = 256
-    else:
-        BM = _pow2(M, 16, 64 if BL >= 8 else 128)
-        BN = _pow2(N, 16, 32 if BL >= 8 else 64)
-        BK = _pow2(K, 16, 32)
-        warps, stages = 4, 3
-    cfg = dict(BL=BL, BM=BM, BN=BN, BK=BK, SPLIT_K=1, GROUP_M=8,
-               num_warps=warps, num_stages=stages)
-    mine = (overrides or {}).get(name, {})
-    cfg.update(mine)
-    if name in WEIGHT_GRADS and "SPLIT_K" not in mine:
-        tiles = -(-M // cfg["BM"]) * -(-N // cfg["BN"]) * -(-G // cfg["BL"])
-        split = 1
-        while tiles * split < 2 * sms and K // (split * 2) >= 8 * cfg["BK"]:
-            split *= 2
-        cfg["SPLIT_K"] = split
-    return cfg
 
 
 def run_product(name: str, a: torch.Tensor, b_: torch.Tensor, c: torch.Tensor, sizes: tuple,
