@@ -117,6 +117,15 @@ def served_store(tmp_path_factory):
         log.close()
 
 
+def upstream_race(exc) -> bool:
+    """Tabulator 6.4 (bundled by Panel) sometimes raises "Cannot read properties of null
+    (reading 'firstChild')" in ``setColumns`` when a column update reaches a table that is
+    rebuilding (about 1 in 10 reloads here); the table then renders the new data all the same,
+    which the tests check. Only that error, from that function, is let through."""
+    stack = exc.stack or ""
+    return "reading 'firstChild'" in str(exc) and "setColumns" in stack and "tabulator" in stack
+
+
 @contextlib.contextmanager
 def browser_page(height: int = 1000):
     """A headless Chromium page (1400 px wide) and the list its page errors are added to."""
@@ -127,7 +136,8 @@ def browser_page(height: int = 1000):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": height})
             errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc) + (exc.stack or "")[:1500]))
+            page.on("pageerror", lambda exc: None if upstream_race(exc) else errors.append(
+                str(exc) + (exc.stack or "")[:1500]))
             yield page, errors
         finally:
             browser.close()
@@ -170,11 +180,12 @@ def test_dashboard_shows_the_seeded_runs(served_store):
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
         # A run logged while the page is open appears after "Reload runs".
-        RunStore(store).add(RunRecord(method="dense", model="mlp-256", dataset="mnist1d",
-                                      metrics={"accuracy": 0.93, "loss": 0.25},
-                                      cost={"flops_per_sample": 4.2e6}))
+        new_id = RunStore(store).add(RunRecord(
+            method="dense", model="mlp-256", dataset="mnist1d",
+            metrics={"accuracy": 0.93, "loss": 0.25}, cost={"flops_per_sample": 4.2e6}))
         page.get_by_role("button", name="Reload runs").click()
         expect(points).to_have_count(len(ids) + 1)
+        expect(page.locator(".tabulator-cell", has_text=new_id).first).to_be_attached()
         assert not errors, errors
 
 
@@ -239,7 +250,10 @@ def test_filter_select_export_compare_and_baseline(served_store):
         choices = page.locator(".choices").first  # the method filter
         choices.click()
         page.keyboard.type("monarch")
-        page.keyboard.press("Enter")
+        option = choices.locator(".choices__item--choice:not(.is-selected)",
+                                 has_text="monarch").first
+        expect(option).to_be_visible(timeout=10_000)  # typing filtered the list: pick it
+        option.click()
         page.keyboard.press("Escape")
         expect(points).to_have_count(len(monarch))
         expect(page.get_by_role("button", name=f"Export {len(monarch)} filtered runs (CSV)")

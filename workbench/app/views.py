@@ -270,7 +270,13 @@ class GroupsTable(Viewer):
 
     def _refresh(self, *_) -> None:
         table = group_table(self.explorer.groups)
-        self.widget.param.update(value=table, formatters=table_options(table)[0])
+        if table.equals(self.widget.value):
+            return
+        update = {"value": table}
+        formatters = table_options(table)[0]
+        if formatters != self.widget.formatters:  # redefining columns of a table that is not
+            update["formatters"] = formatters     # shown (no grouping) raised in Tabulator
+        self.widget.param.update(**update)
 
     def _on_click(self, event) -> None:
         groups = self.explorer.groups
