@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from conftest import FIXTURES, cli_env, workbench_cmd
-from workbench.runs import RunStore
+from workbench.runs import RunRecord, RunStore
 
 TINY = str(FIXTURES / "tiny.ipynb")
 pytestmark = pytest.mark.notebook
@@ -157,3 +157,22 @@ def test_import_benchmark_results_once(tmp_path):
     bad = run_cli("runs", "import-benchmark", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "workbench: error:" in bad.stderr
     assert "not a Monarch benchmark result" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sweep_skips_runs_whose_notebook_resolved_or_logged_other_values(tmp_path):
+    """A notebook may log resolved parameters (depth 0 -> 4) over its inputs; --skip-existing
+    reads the inputs from the output notebook, and matches runs copied from another checkout
+    by the notebook's file name."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    record = RunRecord(method="tiny", notebook="/elsewhere/checkout/tiny.ipynb",
+                       parameters={"x": 7, "mode": "resolved"})
+    out = store.run_dir(record.run_id) / "output.ipynb"
+    out.write_text(json.dumps({"metadata": {"papermill": {"parameters": {
+        "x": 2, "rate": 0.5, "name": "a", "flag": False, "mode": "fast", "fail": False,
+        "die": False, "stall": 0.0}}}}))
+    record.output_notebook = store.relative_artifact(out)
+    store.add(record)
+    result = run_cli("--store", str(tmp_path / "runs.sqlite"), "sweep", TINY, "--skip-existing",
+                     "-g", "x", "2")
+    assert result.returncode == 0 and "already done, skipped" in result.stderr, result.stderr
+    assert len(list(store.records())) == 1

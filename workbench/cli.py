@@ -162,10 +162,23 @@ def _sweep(args) -> int:
 
 
 def _finished_settings(args) -> list[dict]:
-    """Parameters of the ok runs of ``args.notebook`` already in the store."""
-    notebook = str(Path(args.notebook).resolve())
-    return [r.parameters for r in _store(args).records(status="ok")
-            if getattr(r, "notebook", None) == notebook]
+    """The inputs of the ok runs of ``args.notebook`` already in the store, matched by file
+    name (runs copied from another checkout, e.g. data/demo, count too). The inputs are read
+    from the output notebook (papermill keeps them): a record's own parameters may hold what
+    the notebook resolved or logged instead (depth 0 -> 4, nblocks [4, 16] -> 4)."""
+    from .runs import StoreError
+    store, name = _store(args), Path(args.notebook).name
+    settings = []
+    for record in store.records(status="ok"):
+        if Path(getattr(record, "notebook", "") or "").name != name:
+            continue
+        settings.append(record.parameters)
+        try:
+            output = json.loads(store.artifact(record.output_notebook).read_text())
+            settings.append(output["metadata"]["papermill"]["parameters"])
+        except (OSError, ValueError, KeyError, TypeError, StoreError):
+            pass
+    return settings
 
 
 def _runs_list(args) -> int:
