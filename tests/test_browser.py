@@ -258,7 +258,8 @@ def test_filter_select_export_compare_and_baseline(served_store):
         expect(points).to_have_count(len(monarch))
         expect(page.get_by_role("button", name=f"Export {len(monarch)} filtered runs (CSV)")
                ).to_be_visible()
-        assert "method=monarch" in page.url
+        # The URL follows the view asynchronously (Panel syncs location after the render).
+        page.wait_for_function("() => location.search.includes('method=monarch')")
 
         # A box over the plot selects its runs: the table ticks them, the axes show them.
         box_select_all(page)
@@ -266,7 +267,7 @@ def test_filter_select_export_compare_and_baseline(served_store):
         expect(page.get_by_text(f"{len(monarch)} selected").first).to_be_visible()
         expect(page.locator(".gtitle", has_text="Parallel coordinates")).to_contain_text(
             f"{len(monarch)} selected")
-        assert all(run_id in page.url for run_id in monarch)
+        page.wait_for_function("ids => ids.every(i => location.search.includes(i))", arg=monarch)
 
         # Untick one row: the export has exactly the remaining runs.
         row = page.locator(".tabulator-row", has_text=monarch[0])
