@@ -1,13 +1,19 @@
 """The cost meter: parameters, nonzeros, FLOPs, latency, peak memory and throughput of a model.
 
-FLOPs count a multiply-add as 2 FLOPs. A module that knows its own cost defines
-``flops(batch_shape) -> int`` for one forward call on an input whose leading (non-feature)
-dimensions are ``batch_shape``; the meter uses that instead of what torch's FlopCounterMode sees
-inside it (structured layers whose kernels the counter cannot see through report honestly).
+FLOPs count a multiply-add as 2 FLOPs and a bias add as 1 FLOP per output element, for every
+layer alike (torch's FlopCounterMode counts only the matmuls, so a dense ``nn.Linear`` would
+otherwise look cheaper than the same layer masked at 0% sparsity). A module that knows its own
+cost defines ``flops(batch_shape) -> int`` for one forward call on an input whose leading
+(non-feature) dimensions are ``batch_shape``; the meter uses that instead of what FlopCounterMode
+sees inside it (structured layers whose kernels the counter cannot see through report honestly).
+Dense linear-like layers (``nn.Linear``, GPT-2's ``Conv1D``) are costed by
+:func:`dense_linear_flops`. Bias adds inside functional code (``F.linear`` called directly, as
+``nn.MultiheadAttention`` does) are not seen.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import statistics
 import sys
@@ -19,6 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..environment import device_name
+from ..surgery import LINEAR_TYPES, _is_type, linear_bias, linear_shape
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -33,6 +40,25 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             value = value if isinstance(value, torch.Tensor) else p
             nonzeros += int(torch.count_nonzero(value.detach()).item())
     return {"params": params, "nonzeros": nonzeros}
+
+
+def dense_linear_flops(module: nn.Module, batch_shape: tuple[int, ...] = ()) -> int:
+    """FLOPs of a dense linear-like ``module`` (weight (out, in)) on inputs of leading shape
+    ``batch_shape``: ``rows·(2·in·out + out)``, the last term only with a bias."""
+    out_features, in_features = linear_shape(module)
+    rows = math.prod(batch_shape) if batch_shape else 1
+    bias = out_features if linear_bias(module) is not None else 0
+    return rows * (2 * in_features * out_features + bias)
+
+
+def _flops_of(module: nn.Module) -> Callable[[tuple[int, ...]], int] | None:
+    """The module's cost formula: its own ``flops``, else the dense one for linear-like layers."""
+    own = getattr(module, "flops", None)
+    if callable(own):
+        return own
+    if _is_type(module, LINEAR_TYPES):
+        return lambda batch_shape: dense_linear_flops(module, batch_shape)
+    return None
 
 
 def count_flops(model: nn.Module, example: torch.Tensor | tuple) -> int:
@@ -56,7 +82,7 @@ def _outermost_self_costing(model: nn.Module) -> list[nn.Module]:
     found: list[nn.Module] = []
 
     def walk(module: nn.Module) -> None:
-        if module is not model and callable(getattr(module, "flops", None)):
+        if _flops_of(module) is not None:
             found.append(module)
             return
         for child in module.children():
@@ -67,6 +93,7 @@ def _outermost_self_costing(model: nn.Module) -> list[nn.Module]:
 
 def _self_costing_hooks(module: nn.Module, counter: FlopCounterMode, corrections: list[int]):
     seen: dict[str, int] = {}
+    flops = _flops_of(module)
 
     def before(mod, args):
         seen["flops"] = counter.get_total_flops()
@@ -74,7 +101,7 @@ def _self_costing_hooks(module: nn.Module, counter: FlopCounterMode, corrections
     def after(mod, args, output):
         counted = counter.get_total_flops() - seen["flops"]
         batch_shape = tuple(args[0].shape[:-1]) if args else ()
-        corrections.append(int(mod.flops(batch_shape)) - counted)
+        corrections.append(int(flops(batch_shape)) - counted)
     return module.register_forward_pre_hook(before), module.register_forward_hook(after)
 
 
