@@ -31,6 +31,7 @@ tensors when Triton imports, else the plain two-bmm path.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -103,104 +104,128 @@ def _cached_config(name, G, M, N, K, sms) -> dict:
     return choose_config(name, G, M, N, K, sms)
 
 
-class _MonarchFunction(torch.autograd.Function):
-    """(x (T, b·p), w1, w2) -> y (T, b·s) on padded sizes; backward by the plan.
+@dataclasses.dataclass
+class ForwardPass:
+    """What the backward needs to know about a forward: sizes (T, b, p, q, s), back end,
+    overrides, the plan taken (fold, stage 2 on cuBLAS), and which of (x, w1, w2) need grads."""
+    sizes: tuple
+    backend: str
+    overrides: dict
+    fold: bool
+    cublas: bool
+    needs_input_grad: tuple = (True, True, True)
+
+
+def fast_forward(x, w1, w2, backend, overrides):
+    """(x (T, b·p), w1 (b, q, p), w2 (b, s, q)) -> y (T, b·s) on padded sizes by the plan.
+
+    Returns ``(y, saved, info)``: ``saved`` = (x, w1 as used (row-folded under "fold"), w2,
+    the grouped middle (T, b, q) or h (T, b·q) under "gather") and ``info`` a ``ForwardPass``.
 
     ``overrides["store"]``: ``"copy"`` (default: stage-2 outputs grouped, then one copy to
     natural order) or ``"strided"`` (written in natural order by a stride-b store: 5-30x slower
     on the H200, see benchmarks/NOTES.md); ``overrides["gather"]=True``
     runs the first version (stage 2 on natural-order operands, 3-D tiles, no grouping copies).
     """
+    b, q, p = w1.shape
+    s = w2.shape[1]
+    T = x.shape[0]
+    sizes = (T, b, p, q, s)
+    ov = overrides or {}
+    x = x.contiguous()
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    fold = use_fold(ov, b, q)
+    cublas = use_cublas_stage2(ov)
+    info = ForwardPass(sizes, backend, ov, fold, cublas)
+    if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
+        w1c = fold_rows(w1c)
+        mid = x.new_empty(T, b, q)
+        run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
+    else:
+        h = x.new_empty(T, b * q)
+        run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
+        if cublas:
+            mid = group(h, b)
+            del h
+    if cublas:  # stage 2 as one strided batched GEMM (cuBLAS), output copied to P2 order
+        return stage2_bmm(mid, w2c), (x, w1c, w2c, mid), info
+    if fold:
+        yg = x.new_empty(T, b, s)
+        run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
+        return ungroup(yg), (x, w1c, w2c, mid), info
+    if ov.get("gather"):
+        y = x.new_empty(T, b * s)
+        run_product("y=h@w2", h, w2c, y, sizes, backend, ov)
+        return y, (x, w1c, w2c, h), info
+    mid = group(h, b)                             # (T, b, q): the one forward copy
+    del h
+    if ov.get("store", "copy") == "copy":
+        yg = x.new_empty(T, b, s)
+        run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
+        y = ungroup(yg)
+    else:
+        y = x.new_empty(T, b * s)
+        run_product("y=m@w2>nat", mid, w2c, y, sizes, backend, ov)
+    return y, (x, w1c, w2c, mid), info
+
+
+def fast_backward(info: ForwardPass, saved, dy):
+    """Gradients (dx, dw1, dw2) of ``fast_forward`` (None where not needed)."""
+    x, w1, w2, mid = saved
+    sizes, backend, ov = info.sizes, info.backend, info.overrides
+    T, b, p, q, s = sizes
+    if info.cublas:
+        return _cublas_backward(info, dy, x, w1, w2, mid)
+    if info.fold:
+        return _fold_backward(info, dy, x, w1, w2, mid)
+    gather = bool(ov.get("gather"))
+    dy = dy.contiguous() if gather else group(dy, b)  # the one backward copy
+    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
+    dx = dw1 = dw2 = None
+    if need_w2:
+        dw2 = _weight_grad("dw2=dy'h" if gather else "dw2=dy'm", dy, mid, w2, sizes,
+                           backend, ov)
+    if need_x or need_w1:
+        dh = x.new_empty(T, b * q)
+        if gather:
+            run_product("dh=dy@w2", dy, w2, dh, sizes, backend, ov)
+        elif ov.get("store", "copy") == "copy":
+            dhg = x.new_empty(T, b, q)
+            run_product("dh=dy@w2>grp", dy, w2, dhg, sizes, backend, ov)
+            dh = ungroup(dhg)
+        else:
+            run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
+        if need_w1:
+            dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
+        if need_x:
+            dx = torch.empty_like(x)
+            run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
+    return dx, dw1, dw2
+
+
+class _MonarchFunction(torch.autograd.Function):
+    """(x (T, b·p), w1, w2) -> y (T, b·s) on padded sizes, any overrides (benchmarks and
+    tests of the plan variants); the default plan runs as the custom op of ``monarch_op``."""
 
     @staticmethod
     def forward(ctx, x, w1, w2, backend, overrides):
-        b, q, p = w1.shape
-        s = w2.shape[1]
-        T = x.shape[0]
-        sizes = (T, b, p, q, s)
-        ov = overrides or {}
-        x = x.contiguous()
-        w1c, w2c = w1.contiguous(), w2.contiguous()
-        fold = use_fold(ov, b, q)
-        cublas = use_cublas_stage2(ov)
-        ctx.sizes, ctx.backend, ctx.overrides = sizes, backend, ov
-        ctx.fold, ctx.cublas = fold, cublas
-        if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
-            w1c = fold_rows(w1c)
-            mid = x.new_empty(T, b, q)
-            run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
-        else:
-            h = x.new_empty(T, b * q)
-            run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
-            if cublas:
-                mid = group(h, b)
-                del h
-        if cublas:  # stage 2 as one strided batched GEMM (cuBLAS), output copied to P2 order
-            ctx.save_for_backward(x, w1c, w2c, mid)
-            return stage2_bmm(mid, w2c)
-        if fold:
-            yg = x.new_empty(T, b, s)
-            run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
-            ctx.save_for_backward(x, w1c, w2c, mid)
-            return ungroup(yg)
-        if ov.get("gather"):
-            y = x.new_empty(T, b * s)
-            run_product("y=h@w2", h, w2c, y, sizes, backend, ov)
-            mid = h
-        else:
-            mid = group(h, b)                             # (T, b, q): the one forward copy
-            del h
-            if ov.get("store", "copy") == "copy":
-                yg = x.new_empty(T, b, s)
-                run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
-                y = ungroup(yg)
-            else:
-                y = x.new_empty(T, b * s)
-                run_product("y=m@w2>nat", mid, w2c, y, sizes, backend, ov)
-        ctx.save_for_backward(x, w1c, w2c, mid)
+        y, saved, ctx.info = fast_forward(x, w1, w2, backend, overrides)
+        ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, w1, w2, mid = ctx.saved_tensors
-        sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
-        T, b, p, q, s = sizes
-        if ctx.cublas:
-            return _cublas_backward(ctx, dy, x, w1, w2, mid) + (None, None)
-        if ctx.fold:
-            return _fold_backward(ctx, dy, x, w1, w2, mid) + (None, None)
-        gather = bool(ov.get("gather"))
-        dy = dy.contiguous() if gather else group(dy, b)  # the one backward copy
-        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
-        dx = dw1 = dw2 = None
-        if need_w2:
-            dw2 = _weight_grad("dw2=dy'h" if gather else "dw2=dy'm", dy, mid, w2, sizes,
-                               backend, ov)
-        if need_x or need_w1:
-            dh = x.new_empty(T, b * q)
-            if gather:
-                run_product("dh=dy@w2", dy, w2, dh, sizes, backend, ov)
-            elif ov.get("store", "copy") == "copy":
-                dhg = x.new_empty(T, b, q)
-                run_product("dh=dy@w2>grp", dy, w2, dhg, sizes, backend, ov)
-                dh = ungroup(dhg)
-            else:
-                run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
-            if need_w1:
-                dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
-            if need_x:
-                dx = torch.empty_like(x)
-                run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
-        return dx, dw1, dw2, None, None
+        ctx.info.needs_input_grad = ctx.needs_input_grad[:3]
+        return fast_backward(ctx.info, ctx.saved_tensors, dy) + (None, None)
 
 
-def _fold_backward(ctx, dy, x, w1p, w2, mid):
+def _fold_backward(info, dy, x, w1p, w2, mid):
     """Backward of the fold plan: dy grouped once; dh stays grouped (dm), which is what the
     first factor's gradients read through their two-level index; dw1 un-permuted at the end."""
-    sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
+    sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
     dy = group(dy, b)
-    need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dx = dw1 = dw2 = None
     if need_w2:
         dw2 = _weight_grad("dw2=dy'm", dy, mid, w2, sizes, backend, ov)
@@ -223,28 +248,28 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     return Y.permute(1, 2, 0).reshape(mid.shape[0], -1)
 
 
-def _cublas_backward(ctx, dy, x, w1, w2, mid):
+def _cublas_backward(info, dy, x, w1, w2, mid):
     """Backward with stage 2 on cuBLAS: dy grouped once (T, b, s), read batch-major as dyT
     (b, T, s) through strides (row stride b·s; a batch-major copy was 3.5x slower at b=16);
     dw2 = dyTᵀ·m and dmT = dyT·w2 as batched GEMMs; the first factor's products read dmT
     (b, T, q): through the two-level index (fold) or after one copy to natural order."""
-    sizes, backend, ov = ctx.sizes, ctx.backend, ctx.overrides
+    sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
     dyT = group(dy, b).transpose(0, 1)                             # (b, T, s) [l, t, s']
-    need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dx = dw1 = dw2 = None
     if need_w2:
         dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))  # (b, s, q)
     if need_x or need_w1:
         dmT = torch.bmm(dyT, w2)                                   # (b, T, q) [l, t, r]
-        if ctx.fold:
+        if info.fold:
             names, dh = ("dw1p=dmT'x", "dx=dmT@w1p"), dmT
         else:  # natural order dh[t, r·b + l] = dmT[l, t, r]
             names = ("dw1=dh'x", "dx=dh@w1")
             dh = dmT.permute(1, 2, 0).reshape(T, q * b).contiguous()
         if need_w1:
             dw1 = _weight_grad(names[0], dh, x, w1, sizes, backend, ov)
-            dw1 = unfold_rows(dw1) if ctx.fold else dw1
+            dw1 = unfold_rows(dw1) if info.fold else dw1
         if need_x:
             dx = torch.empty_like(x)
             run_product(names[1], dh, w1, dx, sizes, backend, ov)
@@ -312,5 +337,11 @@ def monarch_multiply_fast(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     if x.shape[1] < b * p:
         x = F.pad(x, (0, b * p - x.shape[1]))
     w1, w2 = w1.to(x.dtype), w2.to(x.dtype)
-    y = _MonarchFunction.apply(x, w1, w2, backend, overrides)
+    if torch.compiler.is_compiling() and not overrides:
+        # the default plan as a custom op: one graph under torch.compile (the autograd function
+        # breaks it); eager calls skip the op's dispatch (60-100 us per fwd+bwd on a CPU host)
+        from .monarch_op import monarch_product
+        y = monarch_product(x, w1, w2, backend)
+    else:
+        y = _MonarchFunction.apply(x, w1, w2, backend, overrides)
     return y if y.shape[1] == out_features else y[:, :out_features]
