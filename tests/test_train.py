@@ -42,7 +42,11 @@ def test_training_is_deterministic(blobs):
               device="cpu", progress=False, seed=5)
         for _ in range(2)
     ]
-    assert runs[0].history == runs[1].history
+    untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in r.history]
+               for r in runs]
+    assert untimed[0] == untimed[1]
+    times = [row["time_s"] for row in runs[0].history]
+    assert times == sorted(times) and 0 < times[-1] <= runs[0].wall_time_s
     assert runs[0].metrics == runs[1].metrics
 
 
@@ -93,3 +97,43 @@ def test_lr_schedule():
     assert lr_factor(50, 100, 0, "constant") == 1.0
     with pytest.raises(ValueError, match="schedule"):
         train(nn.Linear(8, 4), load_dataset("synthetic", size="ci"), 1, 1e-3, schedule="step")
+
+
+def test_compiled_training_matches_eager(text):
+    """train(compile=...) runs the forward and backward through torch.compile ("aot_eager":
+    the traced graph without code generation) with the same losses as eager; a model with
+    Monarch FFN layers (custom ops) traces too. An unknown mode is refused by name."""
+    from workbench.experiment import PATTERNS
+    from workbench.methods import apply_method
+    runs = []
+    for mode in ("none", "aot_eager"):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        model = build_model("gpt", text, width=32, depth=1, n_head=2, seed=0)
+        torch.manual_seed(0)  # the fresh Monarch factors
+        apply_method("monarch", model, nblocks=4, init="fresh", include=PATTERNS["ffn"])
+        for layer in model.modules():
+            if hasattr(layer, "impl"):
+                layer.impl = "torch"  # the fast plan's custom ops, on the CPU
+        runs.append(train(model, text, steps=5, lr=1e-2, batch_size=4, device="cpu",
+                          progress=False, eval_batches=1, compile=mode))
+    from torch._dynamo.utils import counters
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    eager, traced = ([row["train_loss"] for row in r.history] for r in runs)
+    assert eager == pytest.approx(traced, rel=1e-5)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        train(model, text, steps=1, lr=1e-3,
+              device="cpu", progress=False, compile="fast")
+
+
+def test_steady_step_time_leaves_out_warm_up_and_evaluations():
+    from workbench.experiment import steady_step_ms
+    history = [{"step": 1, "time_s": 5.0}]  # the first step compiled for 5 s
+    for step in range(2, 12):
+        row = {"step": step, "time_s": history[-1]["time_s"] + 0.01}
+        if step == 8:
+            row["eval_loss"] = 1.0  # the next gap includes an evaluation
+        history.append(row)
+    history.append({"step": 12, "time_s": history[-1]["time_s"] + 3.0})
+    assert steady_step_ms(history) == pytest.approx(10.0)
+    assert steady_step_ms(history[:2]) is None

@@ -48,7 +48,21 @@ def measure_trained(name: str, model: nn.Module, data: Dataset, metrics: dict[st
     cost = measure_cost(model, example_batch(data, batch_size, device), repeats=repeats)
     cost["train_time_s"] = train_time_s
     cost["train_step_ms"] = 1e3 * train_time_s / max(steps, 1)
+    steady = steady_step_ms(history)
+    if steady is not None:
+        cost["train_step_ms_steady"] = steady
     return {"variant": name, "metrics": metrics, "cost": cost, "history": history}
+
+
+def steady_step_ms(history: list[dict]) -> float | None:
+    """Median milliseconds per step over the second half of training, from the history's
+    ``time_s`` stamps (compilation and warm-up, which fall in the first steps, left out, and
+    the gaps that include an evaluation); None with fewer than 4 such gaps."""
+    gaps = [b["time_s"] - a["time_s"] for a, b in zip(history, history[1:])
+            if "time_s" in a and "time_s" in b and b["time_s"] > a["time_s"]
+            and not any(key.startswith("eval_") for key in a)]
+    gaps = sorted(gaps[len(gaps) // 2:])
+    return 1e3 * gaps[len(gaps) // 2] if len(gaps) >= 2 else None
 
 
 def warm_up(model: nn.Module, data: Dataset, batch_size: int, device: torch.device) -> None:
