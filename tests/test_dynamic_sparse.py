@@ -80,6 +80,80 @@ def test_rigl_update_regrows_the_largest_dense_gradients_at_zero():
     assert sparsifier.updates[0]["moved"] == n
 
 
+def test_rigl_update_zeroes_the_optimizer_state_of_moved_weights_only():
+    torch.manual_seed(0)
+    layer = MaskedLinear(32, 16).double()
+    layer.set_mask(torch.rand(16, 32, generator=torch.Generator().manual_seed(1)) < 0.25)
+    sparsifier = DynamicSparsifier({"fc": layer}, config(update_every=2, end_step=10,
+                                                         drop_fraction=0.4))
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=0.1)
+    x, c = torch.randn(64, 32, dtype=torch.float64), torch.randn(64, 16, dtype=torch.float64)
+    for step in (1, 2):
+        opt.zero_grad()
+        (layer(x) * c).sum().backward()
+        opt.step()
+        if step == 1:
+            sparsifier.step(1, opt)  # not an update step: nothing reset
+    state = opt.state[layer.weight]
+    for key in ("exp_avg", "exp_avg_sq"):  # stale moments everywhere, masked entries included
+        state[key].copy_(torch.rand(16, 32, dtype=torch.float64) + 0.5)
+    moments = {k: state[k].clone() for k in ("exp_avg", "exp_avg_sq")}
+    bias_moments = opt.state[layer.bias]["exp_avg"].clone()
+    before, weight = layer.weight_mask.clone(), layer.weight.detach().clone()
+    n = int(cosine_drop_fraction(2, 0.4, 10) * int(before.sum()))
+    expected, grown = prune_and_regrow(weight, before, n, layer.dense_grad.abs())
+    sparsifier.step(2, opt)
+    assert torch.equal(layer.weight_mask, expected)
+    moved = (before != expected) | grown  # dropped, grown, and dropped-then-regrown entries
+    assert grown.any() and (before & ~expected).any()
+    for key, old in moments.items():
+        assert (state[key][moved] == 0).all(), key
+        assert torch.equal(state[key][~moved], old[~moved]), key  # elsewhere untouched
+    assert (layer.weight[grown] == 0).all() and (layer.weight[~expected] == 0).all()
+    kept = expected & ~grown
+    assert torch.equal(layer.weight[kept], weight[kept])
+    assert torch.equal(opt.state[layer.bias]["exp_avg"], bias_moments)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_regrowth_under_sgd_with_and_without_state(momentum):
+    torch.manual_seed(0)
+    layer = MaskedLinear(16, 8)
+    layer.set_mask(torch.rand(8, 16, generator=torch.Generator().manual_seed(1)) < 0.5)
+    sparsifier = DynamicSparsifier({"fc": layer}, config(update_every=1, regrow="random"))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=momentum)
+    layer(torch.randn(4, 16)).sum().backward()
+    opt.step()
+    before = layer.weight_mask.clone()
+    sparsifier.step(1, opt)
+    moved = before != layer.weight_mask
+    assert moved.any() and (layer.weight[moved & layer.weight_mask] == 0).all()
+    buffer = opt.state[layer.weight].get("momentum_buffer")
+    assert (buffer is None) == (momentum == 0)  # plain SGD keeps no state: nothing to reset
+    if buffer is not None:
+        assert (buffer[moved] == 0).all() and (buffer[~moved] != 0).any()
+
+
+def test_train_hands_the_optimizer_to_the_hook(blobs_data):
+    model = build_model("mlp", blobs_data, width=32, depth=1, seed=0)
+    report = apply(model, config(update_every=4, end_step=8))
+    seen = []
+
+    def hook(step, optimizer):
+        report.sparsifier.step(step, optimizer)
+        seen.append(optimizer)
+    train(model, blobs_data, steps=4, lr=1e-2, device="cpu", progress=False, on_step=hook)
+    (_, first), (_, last) = report.sparsifier.snapshots
+    opt = seen[-1]
+    assert isinstance(opt, torch.optim.AdamW)
+    for name, layer in report.layers.items():
+        moved = first[name] != last[name]  # the update at the last step moved these
+        assert moved.any()
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = opt.state[layer.weight][key]
+            assert (value[moved] == 0).all() and (value[last[name] & ~moved] != 0).any()
+
+
 @pytest.fixture(scope="module")
 def blobs_data():
     return load_dataset("synthetic", size="ci")

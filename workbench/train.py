@@ -139,17 +139,18 @@ def train(
     warmup_steps: int = 0,
     grad_clip: float | None = 1.0,
     eval_batches: int = 8,
-    on_step: Callable[[int], Any] | None = None,
+    on_step: Callable[[int, torch.optim.Optimizer], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` AdamW steps on random batches of ``dataset``.
 
     ``seed`` fixes batch order and dropout (seed the model's initialisation through
     ``build_model(..., seed=...)``). ``eval_every`` evaluates on the test split every that many
     steps (and always once at the end). Raises ``FloatingPointError`` naming the step when
-    the training loss is NaN or infinite. ``on_step(step)``, when given, is called after each
-    optimizer step (1-based), before any evaluation, with that step's gradients still in
-    ``.grad``: the hook for methods whose masks change while training (GMP, dynamic sparse;
-    see ``workbench.structures.masked.Sparsifier``).
+    the training loss is NaN or infinite. ``on_step(step, optimizer)``, when given, is called
+    after each optimizer step (1-based), before any evaluation, with that step's gradients still
+    in ``.grad`` and the AdamW optimizer (whose state a hook may reset): the hook for methods
+    whose masks change while training (GMP, dynamic sparse; see
+    ``workbench.structures.masked.Sparsifier``).
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine' or 'constant'")
@@ -186,7 +187,7 @@ def train(
         opt.step()
         sched.step()
         if on_step is not None:
-            on_step(step)
+            on_step(step, opt)
         metrics = None
         if eval_every and (step % eval_every == 0 or step == steps):
             metrics = run_eval()

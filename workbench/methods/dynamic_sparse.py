@@ -5,7 +5,8 @@ the Lottery") regrows where the dense gradient is largest; DSL names the family.
 ``update_every`` (Δt) steps until ``end_step``, each masked layer drops the
 ``floor(f_t·nonzeros)`` active weights of smallest |w| and regrows as many among the entries
 inactive after the drop, so its nonzero count never changes. The drop fraction decays as RigL's
-cosine, ``f_t = α/2·(1 + cos(π·t/T_end))``. Regrown weights start at zero. Start: random masks at
+cosine, ``f_t = α/2·(1 + cos(π·t/T_end))``. Regrown weights start at zero, and so does the
+optimizer's state (AdamW moments) of every moved weight. Start: random masks at
 uniform or ERK layer densities (``workbench.methods.random_pruning``).
 Claim (RigL): sparse networks trained this way reach the accuracy of dense-to-sparse pruning and
 beat static sparse training at the same parameter count and training FLOPs; a 90%-sparse
@@ -113,9 +114,9 @@ class DynamicSparsifier(Sparsifier):
     """Prune-and-regrow for ``layers`` ({name: MaskedLinear}), called as ``step(t)`` after each
     optimizer step. ``snapshots``: [(step, {name: bool mask (out, in) on the CPU})], the start
     (step 0) and every update; ``updates``: one dict per layer and update (step, layer,
-    drop_fraction, moved, regrown_dropped: moved entries that came straight back). The
-    optimizer's moments of a regrown weight are left as they are (the hook sees no optimizer);
-    they decayed towards 0 while the weight was masked."""
+    drop_fraction, moved, regrown_dropped: moved entries that came straight back). Regrown
+    weights restart at zero with zeroed optimizer state (``step(t, optimizer)``, as ``train``
+    calls it), and dropped weights' state is zeroed too, so no stale moment drives them."""
 
     def __init__(self, layers: dict[str, MaskedLinear], config: DynamicSparseConfig):
         super().__init__(layers)
@@ -156,15 +157,15 @@ class DynamicSparsifier(Sparsifier):
             n = math.floor(fraction * layer.nnz)
             old = layer.weight_mask.clone()
             new, grown = prune_and_regrow(layer.weight, old, n, self._grow_scores(name, layer))
-            layer.weight.masked_fill_(grown, 0)  # regrown weights start at zero
+            self.restart(name, grown)  # regrown weights start at zero, optimizer state too
             layer.set_mask(new)
             self.updates.append({"step": step, "layer": name, "drop_fraction": fraction,
                                  "moved": n, "regrown_dropped": int((grown & old).sum())})
         self.snapshots.append((step, self._cpu_masks()))
         return True
 
-    def step(self, step: int) -> None:
-        super().step(step)
+    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        super().step(step, optimizer)
         self._track_gradients(step + 1)
 
     def evolution(self) -> pd.DataFrame:

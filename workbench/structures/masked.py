@@ -4,14 +4,17 @@
 (out, in), True = kept, and multiplies by ``weight * weight_mask``. The mask holds through
 training: setting a mask zeroes the dropped weights in place, and since forward multiplies by the
 mask their gradients are exactly zero, so neither the optimizer's momentum nor weight decay moves
-them (a mask changed mid-training leaves stale momentum behind; :class:`Sparsifier` re-zeroes
-after every step for that case). The mask is a buffer, so ``state_dict`` round-trips it and the
-mask inspectors (``workbench.analysis.masks``) read it.
+them. A mask changed mid-training would leave stale optimizer state behind: :class:`Sparsifier`
+zeroes the optimizer's per-weight state (AdamW's ``exp_avg`` / ``exp_avg_sq``, SGD's momentum)
+wherever a mask changed or a weight restarted, and re-zeroes the dropped weights after every
+step. The mask is a buffer, so ``state_dict`` round-trips it and the mask inspectors
+(``workbench.analysis.masks``) read it.
 
 Training hook: a method whose masks change while training (GMP, dynamic sparse) returns a
 :class:`MaskReport` whose ``sparsifier`` is a :class:`Sparsifier`; pass its ``step`` to
 ``workbench.train.train(..., on_step=report.sparsifier.step)``, which calls it after every
-optimizer step with the 1-based step number, while that step's gradients are still in ``.grad``.
+optimizer step as ``step(t, optimizer)`` (``t`` 1-based), while that step's gradients are still
+in ``.grad``.
 """
 from __future__ import annotations
 
@@ -250,14 +253,29 @@ def masked_layers(model: nn.Module) -> dict[str, MaskedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
 
 
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
+                          positions: torch.Tensor) -> None:
+    """Zero ``optimizer``'s per-entry state of ``param`` at ``positions`` (bool, shaped like
+    ``param``): every state tensor of ``param``'s shape (AdamW ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``; SGD ``momentum_buffer``). Scalars such as Adam's ``step`` are shared by
+    all entries and stay; no optimizer, or no state yet (stateless SGD, before the first step),
+    is nothing to do."""
+    state = optimizer.state.get(param, {}) if optimizer is not None else {}
+    for value in state.values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.masked_fill_(positions.to(value.device), 0)
+
+
 class Sparsifier:
     """Changes the masks of ``layers`` ({name: MaskedLinear}) during training.
 
-    ``step(t)`` is the training hook (``train(..., on_step=sparsifier.step)``): after optimizer
-    step ``t`` (1-based) it calls :meth:`update` (subclasses decide whether and how to change
-    masks; return True when they did) and then re-zeroes the dropped weights, which stale
-    optimizer momentum would otherwise move. ``history``: (step, overall sparsity) after each
-    update that changed masks.
+    ``step(t, optimizer=None)`` is the training hook (``train(..., on_step=sparsifier.step)``):
+    after optimizer step ``t`` (1-based) it calls :meth:`update` (subclasses decide whether and
+    how to change masks; return True when they did), zeroes the optimizer's state of every entry
+    whose mask changed or that :meth:`restart` marked (so neither a pruned weight's nor a
+    regrown weight's old moments drive it), and then re-zeroes the dropped weights.
+    ``history``: (step, overall sparsity) after each update that changed masks.
     """
 
     def __init__(self, layers: Mapping[str, MaskedLinear]):
@@ -265,14 +283,30 @@ class Sparsifier:
             raise ValueError("Sparsifier: no masked layers")
         self.layers = dict(layers)
         self.history: list[tuple[int, float]] = []
+        self._restarted: dict[str, torch.Tensor] = {}
 
     def update(self, step: int) -> bool:
         """Change masks after optimizer step ``step``; True when any mask changed."""
         return False
 
-    def step(self, step: int) -> None:
+    @torch.no_grad()
+    def restart(self, name: str, positions: torch.Tensor) -> None:
+        """In :meth:`update`: set the weights of layer ``name`` at ``positions`` (bool (out, in))
+        to zero, and have ``step`` zero their optimizer state too (e.g. RigL's regrown weights,
+        a just-dropped one that comes straight back included)."""
+        self.layers[name].weight.masked_fill_(positions, 0)
+        previous = self._restarted.get(name)
+        self._restarted[name] = positions if previous is None else previous | positions
+
+    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        before = self.masks() if optimizer is not None else {}
+        self._restarted = {}
         if self.update(step):
             self.history.append((step, self.sparsity))
+            for name, mask in before.items():
+                layer = self.layers[name]
+                fresh = (mask != layer.weight_mask) | self._restarted.get(name, False)
+                reset_optimizer_state(optimizer, layer.weight, fresh)
         for layer in self.layers.values():
             layer.apply_mask_()
 
