@@ -26,7 +26,8 @@ class TrainResult:
 
     ``metrics``: the final :func:`evaluate` on the test split. ``history``: one dict per
     optimizer step: ``step`` (1-based), ``train_loss`` (of that step's batch), ``lr``, and after
-    an evaluation ``eval_<metric>`` keys. ``wall_time_s``: the whole call, evaluations included.
+    an evaluation ``eval_<metric>`` keys, and ``time_s`` (seconds since the call began, at the
+    end of the step). ``wall_time_s``: the whole call, evaluations and compilation included.
     """
 
     metrics: dict[str, Any]
@@ -42,6 +43,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+# torch.compile settings for train(compile=...): Inductor modes, and "aot_eager" (no code
+# generation: checks that a model traces, quickly, on any machine).
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "aot_eager")
+
+
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` for the training forward: itself (``"none"``) or ``torch.compile``d in
+    ``mode`` (``"reduce-overhead"`` replays CUDA graphs: no per-kernel host cost). The compiled
+    wrapper shares the model's parameters."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "none":
+        return model
+    if mode == "aot_eager":
+        return torch.compile(model, backend="aot_eager")
+    return torch.compile(model, mode=mode)
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -140,6 +159,7 @@ def train(
     grad_clip: float | None = 1.0,
     eval_batches: int = 8,
     on_step: Callable[[int, torch.optim.Optimizer], Any] | None = None,
+    compile: str = "none",
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` AdamW steps on random batches of ``dataset``.
 
@@ -150,7 +170,9 @@ def train(
     after each optimizer step (1-based), before any evaluation, with that step's gradients still
     in ``.grad`` and the AdamW optimizer (whose state a hook may reset): the hook for methods
     whose masks change while training (GMP, dynamic sparse; see
-    ``workbench.structures.masked.Sparsifier``).
+    ``workbench.structures.masked.Sparsifier``). ``compile`` runs the training forward and
+    backward through ``torch.compile`` (one of ``COMPILE_MODES``; evaluation stays eager); the
+    first steps then include compilation (see ``time_s`` in the history).
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine' or 'constant'")
@@ -159,6 +181,7 @@ def train(
     batches = torch.Generator().manual_seed(seed)  # batch indices, drawn on the CPU
     data = dataset.to(device)
     model.to(device).train()
+    forward = compiled(model, compile)
     opt = make_optimizer(model, lr, weight_decay, device)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, warmup_steps, schedule)
@@ -174,7 +197,7 @@ def train(
     for step in range(1, steps + 1):
         x, y = data.get_batch("train", batch_size, batches)
         with _autocast(device, amp):
-            loss, _ = _loss(model, x, y)
+            loss, _ = _loss(forward, x, y)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training loss is {loss_value} at step {step} of {steps} "
@@ -188,6 +211,7 @@ def train(
         sched.step()
         if on_step is not None:
             on_step(step, opt)
+        row["time_s"] = time.perf_counter() - start
         metrics = None
         if eval_every and (step % eval_every == 0 or step == steps):
             metrics = run_eval()
