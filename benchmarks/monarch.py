@@ -126,6 +126,10 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
     other2 = "triton" if use_cublas_stage2({}) else "cublas"
     variants[f"fast_stage2_{other2}"] = lambda v: monarch_multiply_fast(
         v, layer.w1, layer.w2, n, impl=impl, overrides={"stage2": other2})
+    # the weight built from the factors, then one dense GEMM (impl="dense"): dense speed at
+    # best, the reference point for sizes where the structured products do not pay
+    variants["dense_weight"] = lambda v: monarch_multiply_fast(v, layer.w1, layer.w2, n,
+                                                               impl="dense")
     if cuda and with_v1:  # the first version (3-D tiles over stride-b gathers), for the record
         variants["fast_v1_gather"] = lambda v: monarch_multiply_fast(
             v, layer.w1, layer.w2, n, impl=impl, overrides={"gather": True})
@@ -141,7 +145,7 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
 
         fwd = bench(forward, cuda)
         fb = bench(forward_backward, cuda, grad_to_none=[x] + params)
-        flops = flops_dense if name == "dense" else flops_monarch
+        flops = flops_dense if name in ("dense", "dense_weight") else flops_monarch
         fwd["tflops"] = flops / fwd["median_ms"] / 1e9
         fb["tflops"] = 3 * flops / fb["median_ms"] / 1e9
         row["times"][name] = {"fwd": fwd, "fwd_bwd": fb}
@@ -158,6 +162,8 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
             continue
         d, p, f = (t[k][mode]["median_ms"] for k in ("dense", "plain", "fast"))
         row[f"speedup_{mode}"] = {"plain_over_dense": d / p, "fast_over_dense": d / f,
+                                  "dense_weight_over_dense":
+                                      d / t["dense_weight"][mode]["median_ms"],
                                   "fast_over_plain": p / f,
                                   "pct_of_flop_ratio": 100 * d / f / row["flop_ratio"]}
     fb = row["speedup_fwd_bwd"]

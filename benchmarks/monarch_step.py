@@ -9,7 +9,9 @@ step is a few hundred small kernels and the host (Python, autograd, Triton's lau
 pace. This benchmark measures what a training loop gets: ``workbench.train.train`` (bf16
 autocast, AdamW, clipping), the steady step time (median over the second half of the steps,
 ``experiment.steady_step_ms``) and the time of the first steps (compilation), for each
-width x variant (dense, Monarch nblocks b) x compile mode, side by side in one run. Speedups
+width x variant (dense; Monarch nblocks b with each ``impl``: the default structured products,
+or ``"dense"``, the weight built from the factors and one GEMM) x compile mode, side by side in
+one run. Speedups
 are against dense in the same mode.
 """
 from __future__ import annotations
@@ -28,21 +30,26 @@ from workbench.data import load_dataset  # noqa: E402
 from workbench.experiment import PATTERNS, steady_step_ms  # noqa: E402
 from workbench.methods import apply_method  # noqa: E402
 from workbench.models import build_model  # noqa: E402
+from workbench.structures import MonarchLinear  # noqa: E402
 from workbench.train import resolve_device, train  # noqa: E402
 
 
-def measure(data, width, depth, nblocks, mode, steps, batch_size, device) -> dict:
+def measure(data, width, depth, nblocks, impl, mode, steps, batch_size, device) -> dict:
     """One configuration: steady ms per step, seconds of the first 3 steps, final loss."""
     torch._dynamo.reset()
     model = build_model("gpt", data, width=width, depth=depth, seed=0)
     if nblocks:
         torch.manual_seed(0)
         apply_method("monarch", model, nblocks=nblocks, init="fresh", include=PATTERNS["ffn"])
+        for layer in model.modules():
+            if isinstance(layer, MonarchLinear):
+                layer.impl = impl
     result = train(model, data, steps=steps, lr=1e-3, batch_size=batch_size, device=device,
                    progress=False, eval_batches=1, compile=mode, schedule="constant")
     history = result.history
-    return {"width": width, "depth": depth, "variant": f"monarch-b{nblocks}" if nblocks else
-            "dense", "compile": mode, "steady_step_ms": steady_step_ms(history),
+    variant = f"monarch-b{nblocks}" + ("" if impl == "auto" else f"-{impl}") if nblocks else \
+        "dense"
+    return {"width": width, "depth": depth, "variant": variant, "compile": mode, "steady_step_ms": steady_step_ms(history),
             "first_3_steps_s": history[2]["time_s"], "final_train_loss":
             history[-1]["train_loss"], "params": sum(p.numel() for p in model.parameters())}
 
@@ -53,6 +60,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CPU smoke run, small sizes")
     parser.add_argument("--widths", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--nblocks", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--impls", nargs="+", default=["auto", "dense"],
+                        help="MonarchLinear.impl values (dense: weight built, one GEMM)")
     parser.add_argument("--modes", nargs="+", default=["none", "default", "reduce-overhead"])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--depth", type=int, default=6)
@@ -65,8 +74,9 @@ def main() -> None:
     rows = []
     for width in args.widths:
         for mode in args.modes:
-            for nblocks in [0, *args.nblocks]:
-                row = measure(data, width, args.depth, nblocks, mode, args.steps,
+            configs = [(0, "auto")] + [(b, impl) for b in args.nblocks for impl in args.impls]
+            for nblocks, impl in configs:
+                row = measure(data, width, args.depth, nblocks, impl, mode, args.steps,
                               args.batch_size, device)
                 rows.append(row)
                 dense = next(r for r in rows if r["width"] == width and r["compile"] == mode

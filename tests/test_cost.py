@@ -124,3 +124,14 @@ def test_model_pruned_at_zero_sparsity_costs_as_much_as_dense(name, blobs):
         assert report.replaced and all(isinstance(model.get_submodule(r.name), MaskedLinear)
                                        for r in report.replaced)
         assert count_flops(model, x) == count_flops(dense, x)
+
+
+def test_monarch_flops_follow_the_product_it_runs():
+    """A Monarch layer costs its two factor products; run as one dense GEMM (impl="dense") it
+    costs what the nn.Linear of the same shape does, as the counter measures."""
+    layer = MonarchLinear(96, 64, 4)
+    x = torch.randn(3, 5, 96)
+    structured = count_flops(layer, x)
+    assert structured == 15 * (2 * (layer.w1.numel() + layer.w2.numel()) + 64)
+    layer.impl = "dense"
+    assert count_flops(layer, x) == count_flops(nn.Linear(96, 64), x) > structured

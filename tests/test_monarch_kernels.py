@@ -123,7 +123,7 @@ def test_dispatch():
     if not cpu.is_cuda:
         with pytest.raises(RuntimeError, match="CUDA"):
             resolve_impl("triton", cpu)
-    assert set(IMPLS) == {"auto", "plain", "torch", "triton"}
+    assert set(IMPLS) == {"auto", "plain", "torch", "triton", "dense"}
     w1, w2 = torch.randn(2, 4, 4), torch.randn(2, 4, 4)
     torch.testing.assert_close(monarch_multiply_fast(cpu, w1, w2, 8, impl="auto"),
                                monarch_multiply(cpu, w1, w2, 8))
@@ -359,3 +359,24 @@ def test_model_with_monarch_layers_compiles_to_one_graph():
         out = out[0] if isinstance(out, tuple) else out
         grads.append(torch.autograd.grad(out.double().square().mean(), layers[0].w1))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("i, o, b", SHAPES)
+def test_dense_weight_and_dense_impl_float64(i, o, b):
+    """monarch_weight (one einsum where b divides q) is the matrix the plain path multiplies
+    by: it equals the identity pushed through monarch_multiply, and impl="dense" gives the
+    plain path's outputs and gradients."""
+    from workbench.structures import monarch_weight
+    torch.manual_seed(i * o + b)
+    layer = MonarchLinear(i, o, b, dtype=torch.float64)
+    eye = torch.eye(i, dtype=torch.float64)
+    reference = monarch_multiply(eye, layer.w1, layer.w2, o).T
+    torch.testing.assert_close(monarch_weight(layer.w1, layer.w2, o, i), reference,
+                               rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 5, i, dtype=torch.float64)
+    dy = torch.randn(2, 5, o, dtype=torch.float64)
+    layer.impl = "plain"
+    want = forward_and_grads(layer, x, dy)
+    layer.impl = "dense"
+    for g, w in zip(forward_and_grads(layer, x, dy), want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)

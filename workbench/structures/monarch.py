@@ -39,7 +39,9 @@ class MonarchLinear(nn.Module):
     reference code's ``U(±1/√fan_in)`` per factor, which starts about √3 times quieter.
     ``impl``: how forward multiplies, see ``monarch_kernels.resolve_impl``: ``"auto"`` (default:
     the Triton kernels for bf16/fp16 CUDA inputs, else ``"plain"``), ``"plain"`` (two bmm with
-    permutation copies), ``"torch"`` or ``"triton"`` (the permutation-free plan).
+    permutation copies), ``"torch"`` or ``"triton"`` (the permutation-free plan), ``"dense"``
+    (the weight built from the factors, ``monarch_weight``, then one dense GEMM: dense speed and
+    dense FLOPs, for layers too small for the structured products to pay on a GPU).
     Input (..., in_features) -> output (..., out_features).
     """
 
@@ -117,8 +119,7 @@ class MonarchLinear(nn.Module):
     @torch.no_grad()
     def to_dense(self) -> torch.Tensor:
         """The (out_features, in_features) weight this layer multiplies by (bias excluded)."""
-        eye = torch.eye(self.in_features, device=self.w1.device, dtype=self.w1.dtype)
-        return monarch_multiply(eye, self.w1, self.w2, self.out_features).T.contiguous()
+        return monarch_weight(self.w1, self.w2, self.out_features, self.in_features)
 
     def to_linear(self) -> nn.Linear:
         """An ``nn.Linear`` with the same function (for reverse sparsification)."""
@@ -130,9 +131,12 @@ class MonarchLinear(nn.Module):
 
     def flops(self, batch_shape: tuple[int, ...] = ()) -> int:
         """FLOPs of one forward on inputs with leading shape ``batch_shape`` (padding counted,
-        since the padded products are computed)."""
+        since the padded products are computed; with ``impl="dense"`` the dense product's,
+        the weight's construction, once per call, left out)."""
         rows = math.prod(batch_shape) if batch_shape else 1
         per_row = 2 * (self.w1.numel() + self.w2.numel())
+        if self.impl == "dense":
+            per_row = 2 * self.in_features * self.out_features
         return rows * (per_row + (self.out_features if self.bias is not None else 0))
 
     @classmethod
@@ -156,3 +160,21 @@ def monarch_multiply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     h = h.transpose(0, 1).reshape(n, q, b).permute(2, 0, 1)                # P1 -> (b, N, q)
     y = torch.bmm(h, w2.transpose(1, 2))                                   # (b, N, s)
     return y.permute(1, 2, 0).reshape(n, s * b)[:, :out_features]          # P2, cut padding
+
+
+def monarch_weight(w1: torch.Tensor, w2: torch.Tensor, out_features: int,
+                   in_features: int) -> torch.Tensor:
+    """The dense (out_features, in_features) matrix of w1 (b, q, p), P1, w2 (b, s, q), P2,
+    differentiably. Where b divides q, each sub-block W[l::b, k·p:(k+1)·p] is the product of
+    q/b rows of w1[k] and q/b columns of w2[l] (one einsum, 2·b·s·q·p FLOPs); otherwise the
+    identity is multiplied through (``monarch_multiply``)."""
+    b, q, p = w1.shape
+    s = w2.shape[1]
+    if q % b:
+        eye = torch.eye(in_features, device=w1.device, dtype=w1.dtype)
+        return monarch_multiply(eye, w1, w2, out_features).T.contiguous()
+    c = q // b  # middle unit j = k·q + c'·b + l = r·b + l with r = k·c + c'
+    w1v = w1.view(b, c, b, p)   # [k, c', l, p']
+    w2v = w2.view(b, s, b, c)   # [l, s', k, c']
+    dense = torch.einsum("lskc,kclp->slkp", w2v, w1v).reshape(s * b, b * p)
+    return dense[:out_features, :in_features]

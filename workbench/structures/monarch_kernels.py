@@ -41,7 +41,7 @@ from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # 
                            choose_config, fold_rows, group, plan, two_level, unfold_rows,
                            ungroup)
 
-IMPLS = ("auto", "plain", "torch", "triton")
+IMPLS = ("auto", "plain", "torch", "triton", "dense")
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +54,8 @@ def triton_available() -> bool:
 
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
-    """The path ``impl`` takes for input ``x``: ``"plain"``, ``"torch"`` or ``"triton"``."""
+    """The path ``impl`` takes for input ``x``: ``"plain"``, ``"torch"``, ``"triton"`` or
+    ``"dense"``."""
     if impl not in IMPLS:
         raise ValueError(f"monarch: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
@@ -327,12 +328,15 @@ def monarch_multiply_fast(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     The weights are used in ``x``'s dtype. Padded sizes (in or out not a multiple of b) pad x
     and slice y around the permutation-free core.
     """
-    from .monarch import monarch_multiply
+    from .monarch import monarch_multiply, monarch_weight
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         x = x.to(torch.get_autocast_dtype("cuda"))
     backend = resolve_impl(impl, x)
     if backend == "plain":
         return monarch_multiply(x, w1, w2, out_features)
+    if backend == "dense":
+        weight = monarch_weight(w1, w2, out_features, x.shape[1])
+        return x @ weight.to(x.dtype).T
     b, q, p = w1.shape
     if x.shape[1] < b * p:
         x = F.pad(x, (0, b * p - x.shape[1]))
