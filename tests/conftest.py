@@ -45,3 +45,11 @@ def text():
     """The standard-library byte corpus (ci size)."""
     from workbench.data import load_dataset
     return load_dataset("bytes", size="ci")
+
+
+def pytest_configure(config):
+    # Bokeh (3.9) calls DataFrame.reset_index(inplace=True) on every ColumnDataSource made
+    # from a frame, which pandas 3.1 deprecates: dozens of identical lines per dashboard test.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:The inplace keyword in DataFrame.reset_index is deprecated"
+                          ":DeprecationWarning:bokeh.models.sources")

@@ -44,11 +44,11 @@ class FilterPanel(Viewer):
             low, high = spec.bounds
             value = current if isinstance(current, tuple) else (low, high)
             widget = pn.widgets.EditableRangeSlider(
-                name=spec.label, start=low, end=high, value=value, step=(high - low) / 100,
+                label=spec.label, start=low, end=high, value=value, step=(high - low) / 100,
                 sizing_mode="stretch_width")
         else:
             widget = pn.widgets.MultiChoice(
-                name=spec.label, options=list(spec.options), value=list(current or []),
+                label=spec.label, options=list(spec.options), value=list(current or []),
                 placeholder=PLACEHOLDERS.get(spec.column, "any value"),
                 sizing_mode="stretch_width", solid=False)
         widget.param.watch(functools.partial(self._on_change, spec), "value")
