@@ -1,18 +1,17 @@
 """Serving the dashboard to a team: password file, cookie secret, refusals, and two real servers
 (two processes behind a password; an empty store) checked over HTTP and in headless Chromium."""
-import contextlib
 import http.client
 import re
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 
+import psutil
 import pytest
 
+from browser_support import FIRST_RENDER_MS, browser_page, free_port, start_server, stop
 from conftest import cli_env, workbench_cmd
 from workbench.app.serve import (ServeError, hash_password, load_auth_file, resolve_cookie_secret,
                                  serve, set_password, verify_password)
@@ -21,32 +20,6 @@ from workbench.runs.store import RunStore
 
 PASSWORD = "correct horse battery"
 SECRET_MARKER = "WORKBENCH-TEST-SECRET"
-CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def browser_page():
-    """A page of Debian's headless Chromium, and the list its script errors are added to."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium')")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox",
-                                                                     "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page, errors
-        finally:
-            browser.close()
 
 
 # ---- passwords and the password file ------------------------------------------------------------
@@ -123,37 +96,21 @@ def test_cookie_secret_is_generated_once_beside_the_store(tmp_path, monkeypatch)
 
 
 # ---- a team server: two processes behind a password --------------------------------------------
-def wait_until_up(server: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            conn = http.client.HTTPConnection("localhost", port, timeout=2)
-            conn.request("GET", "/static/nothing")
-            conn.getresponse().read()
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the dashboard server did not come up:\n{log.read_text()}")
-            time.sleep(0.25)
-
-
-def start(args: list[str], tmp_path: Path, store: Path):
-    port = free_port()
+def start(args: list[str], tmp_path: Path, store: Path) -> tuple[subprocess.Popen, int, Path]:
+    """``workbench --store STORE serve --port PORT ARGS`` on a free port, once it answers."""
     log = tmp_path / "server.log"
-    server = subprocess.Popen(workbench_cmd("--store", str(store), "serve", "--port", str(port),
-                                            *args),
-                              stdout=log.open("w"), stderr=subprocess.STDOUT,
-                              env=cli_env(WORKBENCH_STORE=str(store)))
-    wait_until_up(server, port, log)
+    server, port = start_server(
+        lambda port: workbench_cmd("--store", str(store), "serve", "--port", str(port), *args),
+        log, env=cli_env(WORKBENCH_STORE=str(store)))
     return server, port, log
 
 
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
     try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def workers(pid: int) -> list[int]:
@@ -180,12 +137,17 @@ def team_server(tmp_path_factory):
     server, port, log = start(["--num-procs", "2", "--basic-auth", str(tmp / "users.json")],
                               tmp, store)
     try:
+        deadline = time.monotonic() + 60  # one worker answering does not mean both are forked
+        while len(workers(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield port, server, ids
     finally:
         forked = workers(server.pid)
         stop(server)
-        deadline = time.monotonic() + 10  # the workers notice their parent has gone
-        while any(Path(f"/proc/{pid}").exists() for pid in forked):
+        # The workers notice their parent has gone within a second, then exit (which takes a
+        # while on a loaded machine); an exited worker may linger as a zombie until reaped.
+        deadline = time.monotonic() + 60
+        while any(running(pid) for pid in forked):
             if time.monotonic() > deadline:
                 for pid in forked:
                     subprocess.run(["kill", str(pid)])
@@ -246,9 +208,9 @@ def test_browser_login_then_the_runs_and_the_corrupt_record(team_server):
         page.fill("input[name=password]", PASSWORD)
         page.click("button[type=submit]")
         expect(page.locator(".scatterlayer .trace .point, .gl-container")).not_to_have_count(
-            0, timeout=30_000)
+            0, timeout=FIRST_RENDER_MS)
         row = page.locator(".tabulator-row", has_text="brokenbody01")
-        expect(row).to_contain_text("corrupt", timeout=20_000)
+        expect(row).to_contain_text("corrupt")
         for run_id in ids:
             expect(page.locator(".tabulator-row", has_text=run_id)).to_have_count(1)
         assert not errors, errors
@@ -308,6 +270,7 @@ def test_empty_store_shows_how_to_add_runs(empty_server):
     port, _, _ = empty_server
     with browser_page() as (page, errors):
         page.goto(f"http://localhost:{port}/")
-        expect(page.get_by_text("No runs in this store yet")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("No runs in this store yet")).to_be_visible(
+            timeout=FIRST_RENDER_MS)
         expect(page.get_by_text("workbench run notebooks/baseline.ipynb").first).to_be_visible()
         assert not errors, errors

@@ -74,6 +74,9 @@ class Dashboard(Viewer):
                 e.apply_query(self.location.search)
             e.param.watch(self._sync_url, URL_PARAMETERS)
             self._sync_url()
+            # A served page's browser then sets the location from its address bar, undoing the
+            # rewrite above: write the canonical query again once the page has loaded.
+            pn.state.onload(self._sync_url)
 
     # ---- navigation ------------------------------------------------------------------------
     def show_run(self, run_id: str) -> None:
