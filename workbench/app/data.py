@@ -30,6 +30,8 @@ LABELS = {
     "cost.flops_per_sample": "FLOPs per sample", "cost.latency_ms": "latency (ms)",
     "cost.latency_ms_iqr": "latency IQR (ms)", "cost.peak_memory_mb": "peak memory (MB)",
     "cost.throughput_per_s": "throughput (samples/s)", "duration_s": "duration (s)",
+    "cost.train_step_ms": "training step (ms, compile included)",
+    "cost.train_step_ms_steady": "training step (ms, steady)",
     "metric.bits_per_byte": "bits per byte",
 }
 MAX_CACHED_STORES = 8
