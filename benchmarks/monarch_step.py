@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/monarch_step.py --out benchmarks/results/monarch_step_h200.json
     PYTHONPATH=. python benchmarks/monarch_step.py --quick     # CPU smoke run, small sizes
+    workbench runs import-benchmark benchmarks/results/monarch_step_h200.json   # into the store
 
 Layer benchmarks (``monarch.py``) show Monarch faster than dense from n = 4096, yet the
 notebooks' GPT at width 512 trained 0.61-0.70x as fast as dense on the H200: at that size each
@@ -17,15 +18,14 @@ are against dense in the same mode.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.monarch import environment  # noqa: E402
 from workbench.data import load_dataset  # noqa: E402
 from workbench.experiment import PATTERNS, steady_step_ms  # noqa: E402
 from workbench.methods import apply_method  # noqa: E402
@@ -54,7 +54,7 @@ def measure(data, width, depth, nblocks, impl, mode, steps, batch_size, device) 
             history[-1]["train_loss"], "params": sum(p.numel() for p in model.parameters())}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help="CPU smoke run, small sizes")
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.widths, args.modes, args.steps, args.depth = [64], ["none", "aot_eager"], 12, 2
     device = resolve_device("auto")
@@ -85,9 +85,8 @@ def main() -> None:
                 print(f"width {width:5d} {mode:>15} {row['variant']:>12}: "
                       f"{row['steady_step_ms']:8.2f} ms/step ({row['speedup_vs_dense']:.2f}x "
                       f"dense), first 3 steps {row['first_3_steps_s']:.1f} s", flush=True)
-    result = {"benchmark": "monarch_step", "date": datetime.date.today().isoformat(),
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              platform.processor() or "cpu", "torch": torch.__version__,
+    env = environment(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    result = {"benchmark": "monarch_step", "environment": env,
               "tokens_per_step": args.batch_size * data.block_size, "steps": args.steps,
               "rows": rows}
     if args.out:

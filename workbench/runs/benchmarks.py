@@ -3,7 +3,9 @@
 Each measured implementation of each benchmark row becomes one record: ``dense``,
 ``monarch-plain`` (the two-bmm reference algorithm) or ``monarch`` (the fast path) for
 ``benchmarks/monarch.py``; ``dense`` and ``nm`` (2:4 on the semi-structured kernels) for
-``benchmarks/semi_structured.py``. :func:`benchmark_records` picks the reader by the file's
+``benchmarks/semi_structured.py``; per whole-model configuration ``dense`` or ``monarch`` (with
+its ``impl`` and ``compile`` mode) for ``benchmarks/monarch_step.py``.
+:func:`benchmark_records` picks the reader by the file's
 ``benchmark`` field. Run ids are derived from the file and row, so importing a file twice adds
 nothing the second time.
 """
@@ -96,6 +98,35 @@ def semi_structured_benchmark_records(path: str | Path) -> list[RunRecord]:
     return records
 
 
+def step_benchmark_records(path: str | Path) -> list[RunRecord]:
+    """Records for a ``benchmarks/monarch_step.py`` result file: one per (width, variant,
+    compile mode), with the steady training-step time as the cost."""
+    path = Path(path)
+    data, rows, env = _load(path, "Monarch training-step")
+    records = []
+    for row in rows:
+        variant = row["variant"]  # dense, monarch-b4, monarch-b4-dense
+        nblocks, _, impl = variant.removeprefix("monarch-b").partition("-")
+        monarch = variant.startswith("monarch")
+        records.append(RunRecord(
+            run_id=_run_id(path.name, row["width"], row["depth"], variant, row["compile"]),
+            method="monarch" if monarch else "dense",
+            notebook=f"benchmarks/{path.name}", model=f"gpt width {row['width']}",
+            dataset=f"bytes, {data.get('tokens_per_step', '?')} tokens per step",
+            parameters={"width": row["width"], "depth": row["depth"],
+                        "nblocks": int(nblocks) if monarch else 0,
+                        "impl": (impl or "auto") if monarch else "dense",
+                        "compile": row["compile"], "benchmark": "monarch_step"},
+            metrics={"speedup_vs_dense": row["speedup_vs_dense"],
+                     "train_loss": row["final_train_loss"]},
+            cost={"params": row["params"], "train_step_ms_steady": row["steady_step_ms"],
+                  "first_3_steps_s": row["first_3_steps_s"]},
+            device=env.get("device_name", ""), torch_version=env.get("torch", ""),
+            created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
+                "created_at"].default_factory()))
+    return records
+
+
 def benchmark_records(path: str | Path) -> list[RunRecord]:
     """Records for any benchmark result file, by its ``benchmark`` field (Monarch by default)."""
     try:
@@ -104,4 +135,6 @@ def benchmark_records(path: str | Path) -> list[RunRecord]:
         kind = None  # the Monarch reader names the problem
     if kind == "semi_structured":
         return semi_structured_benchmark_records(path)
+    if kind == "monarch_step":
+        return step_benchmark_records(path)
     return monarch_benchmark_records(path)
