@@ -54,10 +54,16 @@ def monarch_benchmark_records(path: str | Path) -> list[RunRecord]:
                       "latency_ms_iqr": fwd["q80_ms"] - fwd["q20_ms"],
                       "fwd_bwd_ms": fwd_bwd["median_ms"],
                       "throughput_per_s": tokens / (fwd["median_ms"] / 1e3)},
-                device=env.get("device_name", ""), torch_version=env.get("torch", ""),
-                created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
-                    "created_at"].default_factory()))
+                **_environment_fields(env)))
     return records
+
+
+def _environment_fields(env: dict) -> dict:
+    """A record's device, torch version and creation time from a result file's environment
+    block (now when the file has no date)."""
+    return {"device": env.get("device_name", ""), "torch_version": env.get("torch", ""),
+            "created_at": env.get("date", "") or RunRecord.__dataclass_fields__[
+                "created_at"].default_factory()}
 
 
 def _load(path: Path, what: str) -> tuple[dict, list, dict]:
@@ -92,9 +98,7 @@ def semi_structured_benchmark_records(path: str | Path) -> list[RunRecord]:
                 metrics={"speedup_vs_dense": row["ms_dense"] / ms, "rel_error_vs_fp32": err},
                 cost={"params": out_f * in_f, "nonzeros": params, "flops_per_sample": 2 * params,
                       "latency_ms": ms, "throughput_per_s": tokens / (ms / 1e3)},
-                device=env.get("device_name", ""), torch_version=env.get("torch", ""),
-                created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
-                    "created_at"].default_factory()))
+                **_environment_fields(env)))
     return records
 
 
@@ -121,9 +125,7 @@ def step_benchmark_records(path: str | Path) -> list[RunRecord]:
                      "train_loss": row["final_train_loss"]},
             cost={"params": row["params"], "train_step_ms_steady": row["steady_step_ms"],
                   "first_3_steps_s": row["first_3_steps_s"]},
-            device=env.get("device_name", ""), torch_version=env.get("torch", ""),
-            created_at=env.get("date", "") or RunRecord.__dataclass_fields__[
-                "created_at"].default_factory()))
+            **_environment_fields(env)))
     return records
 
 
