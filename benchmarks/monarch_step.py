@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         args.widths, args.modes, args.steps, args.depth = [64], ["none", "aot_eager"], 12, 2
     device = resolve_device("auto")
     data = load_dataset("bytes", seed=0, size="ci" if args.quick else "default")
-    rows = []
+    env = environment(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    result = {"benchmark": "monarch_step", "environment": env,
+              "tokens_per_step": args.batch_size * data.block_size, "steps": args.steps,
+              "rows": []}
+    rows = result["rows"]
     for width in args.widths:
         for mode in args.modes:
             configs = [(0, "auto")] + [(b, impl) for b in args.nblocks for impl in args.impls]
@@ -85,13 +89,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"width {width:5d} {mode:>15} {row['variant']:>12}: "
                       f"{row['steady_step_ms']:8.2f} ms/step ({row['speedup_vs_dense']:.2f}x "
                       f"dense), first 3 steps {row['first_3_steps_s']:.1f} s", flush=True)
-    env = environment(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    result = {"benchmark": "monarch_step", "environment": env,
-              "tokens_per_step": args.batch_size * data.block_size, "steps": args.steps,
-              "rows": rows}
+                if args.out:  # after every row: a run cut short keeps what it measured
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps(result, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -289,11 +289,13 @@ def test_triton_path_under_torch_compile(mode):
     layer = MonarchLinear(1024, 1024, 4, device="cuda", dtype=torch.bfloat16, impl="triton")
     compiled = torch.compile(layer, mode=mode, fullgraph=True)
     for _ in range(3):  # warm-up, CUDA-graph recording, replay
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier graph outputs may go
         compiled(torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16,
                              requires_grad=True)).sum().backward()
     x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     out = []
     for module in (compiled, layer):
+        torch.compiler.cudagraph_mark_step_begin()
         y = module(x)
         out.append((y,) + torch.autograd.grad(y.float().square().sum(), (x, layer.w1, layer.w2)))
     for name, got, want in zip(("y", "dx", "dw1", "dw2"), *out):

@@ -44,6 +44,7 @@ from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # 
 IMPLS = ("auto", "plain", "torch", "triton", "dense")
 
 
+@torch.compiler.assume_constant_result  # Dynamo calls it once while tracing, not through the cache
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
     try:
