@@ -288,16 +288,22 @@ def test_triton_path_under_torch_compile(mode):
     torch._dynamo.reset()
     layer = MonarchLinear(1024, 1024, 4, device="cuda", dtype=torch.bfloat16, impl="triton")
     compiled = torch.compile(layer, mode=mode, fullgraph=True)
-    for _ in range(3):  # warm-up, CUDA-graph recording, replay
-        torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier graph outputs may go
-        compiled(torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16,
-                             requires_grad=True)).sum().backward()
-    x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    out = []
-    for module in (compiled, layer):
+
+    def step(module, x):
+        """One training-style step: forward, backward into .grad; copies of y and the grads
+        (a CUDA-graph replay reuses its output memory)."""
         torch.compiler.cudagraph_mark_step_begin()
+        for t in (x, layer.w1, layer.w2):
+            t.grad = None
         y = module(x)
-        out.append((y,) + torch.autograd.grad(y.float().square().sum(), (x, layer.w1, layer.w2)))
+        y.float().square().sum().backward()
+        return [t.detach().clone() for t in (y, x.grad, layer.w1.grad, layer.w2.grad)]
+
+    for _ in range(3):  # warm-up, CUDA-graph recording, replay
+        step(compiled, torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16,
+                                   requires_grad=True))
+    x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out = [step(module, x) for module in (compiled, layer)]
     for name, got, want in zip(("y", "dx", "dw1", "dw2"), *out):
         assert rel(got, want) < 1e-2, (name, rel(got, want))
 

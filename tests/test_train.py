@@ -99,6 +99,25 @@ def test_lr_schedule():
         train(nn.Linear(8, 4), load_dataset("synthetic", size="ci"), 1, 1e-3, schedule="step")
 
 
+def test_schedule_spans_two_calls(blobs):
+    """A schedule split over two train() calls gives the learning rates of one call; the
+    restart ramp scales the second call's first steps; steps outside the schedule are refused."""
+    def lrs(steps, **kw):
+        model = build_model("mlp", blobs, width=8, depth=1, seed=0)
+        result = train(model, blobs, steps=steps, lr=1e-2, device="cpu", progress=False,
+                       warmup_steps=3, **kw)
+        return [h["lr"] for h in result.history]
+    whole = lrs(20)
+    first = lrs(12, schedule_steps=20)
+    second = lrs(8, schedule_steps=20, schedule_offset=12)
+    assert first + second == pytest.approx(whole)
+    assert whole[0] == pytest.approx(1e-2 / 3) and whole[-1] == pytest.approx(1e-3)
+    ramped = lrs(8, schedule_steps=20, schedule_offset=12, rewarm_steps=4)
+    assert ramped == pytest.approx([w * min(1, (i + 1) / 4) for i, w in enumerate(second)])
+    with pytest.raises(ValueError, match="outside the 20-step schedule"):
+        lrs(9, schedule_steps=20, schedule_offset=12)
+
+
 def test_compiled_training_matches_eager(text):
     """train(compile=...) runs the forward and backward through torch.compile ("aot_eager":
     the traced graph without code generation) with the same losses as eager; a model with

@@ -160,6 +160,9 @@ def train(
     eval_batches: int = 8,
     on_step: Callable[[int, torch.optim.Optimizer], Any] | None = None,
     compile: str = "none",
+    schedule_steps: int | None = None,
+    schedule_offset: int = 0,
+    rewarm_steps: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` AdamW steps on random batches of ``dataset``.
 
@@ -173,9 +176,18 @@ def train(
     ``workbench.structures.masked.Sparsifier``). ``compile`` runs the training forward and
     backward through ``torch.compile`` (one of ``COMPILE_MODES``; evaluation stays eager); the
     first steps then include compilation (see ``time_s`` in the history).
+
+    One learning-rate schedule can span several calls (e.g. the two phases of reverse
+    sparsification): ``schedule_steps`` is its length (default ``steps``) and
+    ``schedule_offset`` the schedule step this call starts at; ``rewarm_steps`` ramps this
+    call's first steps linearly on top (a restarted optimizer has no second-moment estimates).
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine' or 'constant'")
+    total = schedule_steps or steps
+    if schedule_offset < 0 or schedule_offset + steps > total:
+        raise ValueError(f"steps {schedule_offset}..{schedule_offset + steps} fall outside the "
+                         f"{total}-step schedule (schedule_offset, schedule_steps)")
     device = resolve_device(device)
     torch.manual_seed(seed)  # dropout
     batches = torch.Generator().manual_seed(seed)  # batch indices, drawn on the CPU
@@ -184,7 +196,8 @@ def train(
     forward = compiled(model, compile)
     opt = make_optimizer(model, lr, weight_decay, device)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, steps, warmup_steps, schedule)
+        opt, lambda s: lr_factor(schedule_offset + s, total, warmup_steps, schedule)
+        * min(1.0, (s + 1) / max(rewarm_steps, 1)),
     )
 
     def run_eval() -> dict[str, Any]:
