@@ -253,8 +253,9 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
 def _cublas_backward(info, dy, x, w1, w2, mid):
     """Backward with stage 2 on cuBLAS: dy grouped once (T, b, s), read batch-major as dyT
     (b, T, s) through strides (row stride b·s; a batch-major copy was 3.5x slower at b=16);
-    dw2 = dyTᵀ·m and dmT = dyT·w2 as batched GEMMs; the first factor's products read dmT
-    (b, T, q): through the two-level index (fold) or after one copy to natural order."""
+    dw2 = dyTᵀ·m, and dm = dyT·w2 written by cuBLAS straight into the grouped layout
+    (T, b, q) (output row stride b·q, batch stride q). The first factor's products read dm
+    through the two-level index (fold), or after one copy to natural order."""
     sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
     dyT = group(dy, b).transpose(0, 1)                             # (b, T, s) [l, t, s']
@@ -263,12 +264,12 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
     if need_w2:
         dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))  # (b, s, q)
     if need_x or need_w1:
-        dmT = torch.bmm(dyT, w2)                                   # (b, T, q) [l, t, r]
+        dm = x.new_empty(T, b, q)
+        torch.bmm(dyT, w2, out=dm.transpose(0, 1))                 # dm[t, l, r]
         if info.fold:
-            names, dh = ("dw1p=dmT'x", "dx=dmT@w1p"), dmT
-        else:  # natural order dh[t, r·b + l] = dmT[l, t, r]
-            names = ("dw1=dh'x", "dx=dh@w1")
-            dh = dmT.permute(1, 2, 0).reshape(T, q * b).contiguous()
+            names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
+        else:  # natural order dh[t, r·b + l] = dm[t, l, r]
+            names, dh = ("dw1=dh'x", "dx=dh@w1"), ungroup(dm)
         if need_w1:
             dw1 = _weight_grad(names[0], dh, x, w1, sizes, backend, ov)
             dw1 = unfold_rows(dw1) if info.fold else dw1
@@ -295,8 +296,10 @@ def use_cublas_stage2(overrides: dict) -> bool:
     return choice == "cublas"
 
 
-# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN.
-FOLD_MIN_RUN = 8
+# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN: runs
+# of 8 (16 B) made the fold products 1.2-3.8x slower than a plain product plus a copy (H200,
+# n=2048, b=16; benchmarks/NOTES.md, 2026-11-30).
+FOLD_MIN_RUN = 16
 
 
 def use_fold(overrides: dict, b: int, q: int) -> bool:

@@ -37,10 +37,6 @@ def plan(name: str, tokens: int, b: int, p: int, q: int, s: int):
         "m=x@w1p": (b, T, q, p, (p, P, 1), (q * p, 1, p), (q // b, H, 1)),
         "dx=dm@w1p": (b, T, p, q, (q // b, H, 1), (q * p, p, 1), (p, P, 1)),
         "dw1p=dm'x": (b, q, p, T, (q // b, 1, H), (p, P, 1), (q * p, p, 1)),
-        # the same two with dm batch-major, dmT (b, T, q) [l, t, r] (cuBLAS stage 2 writes it):
-        # n' = l·c + r' of block k sits at l·T·q + k·c + r'
-        "dx=dmT@w1p": (b, T, p, q, (q // b, q, 1), (q * p, p, 1), (p, P, 1)),
-        "dw1p=dmT'x": (b, q, p, T, (q // b, 1, q), (p, P, 1), (q * p, p, 1)),
         # the first version's stage 2, on natural-order operands (stride-b gathers, BL > 1)
         "y=h@w2": (b, T, s, q, (1, H, b), (s * q, 1, q), (1, Y, b)),
         "dh=dy@w2": (b, T, q, s, (1, Y, b), (s * q, q, 1), (1, H, b)),
@@ -49,18 +45,16 @@ def plan(name: str, tokens: int, b: int, p: int, q: int, s: int):
     return plans[name]
 
 
-TWO_LEVEL = {"m=x@w1p": 3, "dx=dm@w1p": 2, "dw1p=dm'x": 1,   # C's cols, A's K, A's rows
-             "dx=dmT@w1p": 2, "dw1p=dmT'x": 1}
+TWO_LEVEL = {"m=x@w1p": 3, "dx=dm@w1p": 2, "dw1p=dm'x": 1}   # C's cols, A's K, A's rows
 
 
 def two_level(name: str, tokens: int, b: int, p: int, q: int, s: int):
     """``(which, cs, s_hi)`` for the products whose index ``which`` (1: A's rows, 2: A's
     reduction index, 3: C's columns) is addressed as ``(i // cs)·s_hi + (i % cs)·stride``, else
-    None. For the fold products: runs of ``cs = q/b`` elements, ``q`` apart (``T·q`` apart in
-    the batch-major dmT)."""
+    None. For the fold products: runs of ``cs = q/b`` elements, ``q`` apart."""
     if name not in TWO_LEVEL:
         return None
-    return TWO_LEVEL[name], q // b, (tokens * q if "dmT" in name else q)
+    return TWO_LEVEL[name], q // b, q
 
 
 def can_fold(b: int, q: int) -> bool:
