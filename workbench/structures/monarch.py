@@ -41,7 +41,10 @@ class MonarchLinear(nn.Module):
     the Triton kernels for bf16/fp16 CUDA inputs, else ``"plain"``), ``"plain"`` (two bmm with
     permutation copies), ``"torch"`` or ``"triton"`` (the permutation-free plan), ``"dense"``
     (the weight built from the factors, ``monarch_weight``, then one dense GEMM: dense speed and
-    dense FLOPs, for layers too small for the structured products to pay on a GPU).
+    dense FLOPs, for layers too small for the structured products to pay on a GPU). On the
+    H200 (benchmarks/NOTES.md, 2026-11-30) the structured products beat dense from n = 4096;
+    below n ~ 2048, under CUDA graphs, ``"dense"`` was the faster Monarch path (0.19 vs
+    0.31-0.39 ms fwd+bwd at n = 1024, 16384 tokens); neither beat dense there.
     Input (..., in_features) -> output (..., out_features).
     """
 
