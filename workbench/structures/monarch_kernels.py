@@ -13,11 +13,11 @@ stride-1 index of h and y, and on the H200 every way of addressing that in place
 plan makes one grouping copy per pass — m[t, l, r] = h[t, r·b + l] forward, dy grouped the same
 way backward — and copies each stage-2 output back to natural order: four copies per
 forward+backward instead of the plain path's ~ten, and all six GEMMs on contiguous tiles.
-The "fold" plan (default where b divides q and q/b >= FOLD_MIN_RUN = 16) removes the two copies on the first
-factor's side: with w1's rows permuted within each block (``fold_rows``), stage 1 writes m
-directly and its gradients read the grouped dh (dm) directly, through a two-level index (runs of
-q/b contiguous elements, ``monarch_triton``): two copies per forward+backward remain (the
-output's P2 interleave and the grouping of dy).
+The "fold" plan (default where b divides q and q/b >= ``FOLD_MIN_RUN`` = 16) removes the two
+copies on the first factor's side: with w1's rows permuted within each block (``fold_rows``),
+stage 1 writes m directly and its gradients read the grouped dh (dm) directly, through a
+two-level index (runs of q/b contiguous elements, ``monarch_triton``): two copies per
+forward+backward remain (the output's P2 interleave and the grouping of dy).
 By default (``STAGE2_DEFAULT = "cublas"``) the three stage-2 products then run as cuBLAS
 batched GEMMs that read the grouped operands through strides (``stage2_bmm``,
 ``_cublas_backward``; 725 vs 510 TFLOP/s at n=4096, b=4), and the first factor's products stay
