@@ -9,7 +9,7 @@ from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
 from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config, fold_rows,
                                                   monarch_multiply_fast, plan, resolve_impl,
                                                   triton_available, two_level, unfold_rows,
-                                                  use_cublas_stage2,
+                                                  use_cublas_stage1, use_cublas_stage2,
                                                   use_fold)
 
 SHAPES = [(16, 16, 4), (64, 64, 8), (10, 7, 3), (7, 10, 3), (96, 384, 4), (384, 96, 4),
@@ -61,7 +61,8 @@ def test_fold_plan_matches_plain_float64(i, o, b):
     assert can_fold(layer.nblocks, layer.mid_block) and use_fold({}, b, layer.mid_block)
     x, dy = torch.randn(9, i, dtype=torch.float64), torch.randn(9, o, dtype=torch.float64)
     want = forward_and_grads(layer, x, dy)
-    for overrides in (None, {"fold": True}, {"stage2": "cublas"}):
+    for overrides in (None, {"fold": True}, {"stage2": "cublas"}, {"stage1": "cublas"},
+                      {"stage1": "cublas", "stage2": "triton"}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -78,6 +79,9 @@ def test_fold_rows_round_trip_and_policy():
     assert not use_fold({"gather": True}, 4, 64) and not use_fold({"fold": False}, 4, 64)
     assert not use_fold({"store": "strided"}, 4, 64) and use_fold({}, 4, 64)
     assert use_cublas_stage2({"stage2": "cublas"}) and not use_cublas_stage2({"stage2": "triton"})
+    assert use_cublas_stage1({"stage1": "cublas"}) and not use_cublas_stage1({})
+    with pytest.raises(ValueError, match="stage1"):
+        use_cublas_stage1({"stage1": "cutlass"})
     assert not use_cublas_stage2({"stage2": "cublas", "gather": True})
     with pytest.raises(ValueError, match="stage2"):
         use_cublas_stage2({"stage2": "cutlass"})
@@ -227,8 +231,8 @@ def test_triton_matches_fp32_reference(i, o, b, tokens, dtype):
 @pytest.mark.parametrize("i, o, b", [(4096, 4096, 4), (4096, 4096, 16), (1024, 1024, 4),
                                      (511, 512, 2)])
 def test_triton_fold_and_copy_plans_agree(i, o, b):
-    """The fold plan, the copy plan (v3) and both with stage 2 on cuBLAS give the same
-    results on the GPU (bf16)."""
+    """The fold plan, the copy plan (v3), both with stage 2 on cuBLAS, and the fold with
+    stage 1 on cuBLAS too give the same results on the GPU (bf16)."""
     torch.manual_seed(2)
     dev = torch.device("cuda")
     layer = MonarchLinear(i, o, b, device=dev, dtype=torch.bfloat16, bias=False)
@@ -236,12 +240,13 @@ def test_triton_fold_and_copy_plans_agree(i, o, b):
     x = torch.randn(777, i, device=dev, dtype=torch.bfloat16)
     dy = torch.randn(777, o, device=dev, dtype=torch.bfloat16)
     out = []
-    for fold, stage2 in ((True, "triton"), (False, "triton"), (True, "cublas"),
-                         (False, "cublas")):
+    for fold, stage2, stage1 in ((True, "triton", "triton"), (False, "triton", "triton"),
+                                 (True, "cublas", "triton"), (False, "cublas", "triton"),
+                                 (True, "cublas", "cublas")):
         torch.full((777 * 4 * max(i, o),), float("nan"), device=dev, dtype=torch.bfloat16)
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="triton",
-                                  overrides={"fold": fold, "stage2": stage2})
+                                  overrides={"fold": fold, "stage2": stage2, "stage1": stage1})
         out.append((y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy))
     for other in out[1:]:
         for name, f, c in zip(("y", "dx", "dw1", "dw2"), other, out[0]):

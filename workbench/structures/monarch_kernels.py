@@ -141,8 +141,11 @@ def fast_forward(x, w1, w2, backend, overrides):
     info = ForwardPass(sizes, backend, ov, fold, cublas)
     if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
         w1c = fold_rows(w1c)
-        mid = x.new_empty(T, b, q)
-        run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
+        if use_cublas_stage1(ov):
+            mid = stage1_bmm(x, w1c, b)
+        else:
+            mid = x.new_empty(T, b, q)
+            run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
     else:
         h = x.new_empty(T, b * q)
         run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
@@ -235,7 +238,7 @@ def _fold_backward(info, dy, x, w1p, w2, mid):
         dm = x.new_empty(T, b, q)
         run_product("dh=dy@w2>grp", dy, w2, dm, sizes, backend, ov)
         if need_w1:
-            dw1 = unfold_rows(_weight_grad("dw1p=dm'x", dm, x, w1p, sizes, backend, ov))
+            dw1 = unfold_rows(_fold_weight_grad(dm, x, w1p, sizes, backend, ov))
         if need_x:
             dx = torch.empty_like(x)
             run_product("dx=dm@w1p", dm, w1p, dx, sizes, backend, ov)
@@ -270,9 +273,10 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
             names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
         else:  # natural order dh[t, r·b + l] = dm[t, l, r]
             names, dh = ("dw1=dh'x", "dx=dh@w1"), ungroup(dm)
-        if need_w1:
+        if need_w1 and info.fold:
+            dw1 = unfold_rows(_fold_weight_grad(dm, x, w1, sizes, backend, ov))
+        elif need_w1:
             dw1 = _weight_grad(names[0], dh, x, w1, sizes, backend, ov)
-            dw1 = unfold_rows(dw1) if info.fold else dw1
         if need_x:
             dx = torch.empty_like(x)
             run_product(names[1], dh, w1, dx, sizes, backend, ov)
@@ -312,6 +316,56 @@ def use_fold(overrides: dict, b: int, q: int) -> bool:
     if "fold" in overrides:
         return bool(overrides["fold"])
     return q // b >= FOLD_MIN_RUN
+
+
+# The fold's stage-1 forward and weight gradient on cuBLAS ("cublas": per middle group l one
+# batched GEMM over the blocks k, reading / writing the grouped middle through strides) or on
+# the two-level Triton kernel ("triton"). Its GEMMs are (T x p) @ (p x q/b): for q/b >= 64
+# cuBLAS may beat the Triton kernel's ~500 TFLOP/s (cuBLAS: ~725 in stage 2); not measured
+# yet, so opt-in (overrides={"stage1": "cublas"}; benchmarks/monarch.py times it side by side).
+STAGE1_DEFAULT = "triton"
+
+
+def use_cublas_stage1(overrides: dict) -> bool:
+    """Whether the fold plan's stage-1 forward and weight gradient run on cuBLAS:
+    ``overrides["stage1"]`` if given, else ``STAGE1_DEFAULT``."""
+    choice = overrides.get("stage1", STAGE1_DEFAULT)
+    if choice not in ("triton", "cublas"):
+        raise ValueError(f"monarch: stage1 must be 'triton' or 'cublas', got {choice!r}")
+    return choice == "cublas"
+
+
+def stage1_bmm(x: torch.Tensor, w1p: torch.Tensor, b: int) -> torch.Tensor:
+    """The fold's stage 1 by b batched GEMMs: x (T, b·p), w1p (b, q, p) row-folded ->
+    m (T, b, q) with m[t, l, k·c + r] = x[t, k-block] · w1p[k, l·c + r] (c = q/b)."""
+    T, (_, q, p) = x.shape[0], w1p.shape
+    c = q // b
+    m = x.new_empty(T, b, q)
+    xk = x.view(T, b, p).transpose(0, 1)                                 # (b, T, p)
+    for l in range(b):
+        out = m[:, l].view(T, b, c).transpose(0, 1)                      # (b, T, c)
+        torch.bmm(xk, w1p[:, l * c:(l + 1) * c].transpose(1, 2), out=out)
+    return m
+
+
+def stage1_weight_grad_bmm(dm: torch.Tensor, x: torch.Tensor, b: int) -> torch.Tensor:
+    """Gradient of w1p (b, q, p) from dm (T, b, q) and x (T, b·p) by b batched GEMMs:
+    dw1p[k, l·c + r] = sum_t dm[t, l, k·c + r] x[t, k-block]."""
+    T, q = dm.shape[0], dm.shape[2]
+    p, c = x.shape[1] // b, q // b
+    dw1p = x.new_empty(b, q, p)
+    xk = x.view(T, b, p).transpose(0, 1)                                 # (b, T, p)
+    for l in range(b):
+        a = dm[:, l].view(T, b, c).permute(1, 2, 0)                      # (b, c, T)
+        torch.bmm(a, xk, out=dw1p[:, l * c:(l + 1) * c])
+    return dw1p
+
+
+def _fold_weight_grad(dm, x, w1p, sizes, backend, overrides):
+    """dw1p, row-folded (b, q, p), from the grouped dm: cuBLAS or the Triton kernel."""
+    if use_cublas_stage1(overrides):
+        return stage1_weight_grad_bmm(dm, x, sizes[1]).to(w1p.dtype)
+    return _weight_grad("dw1p=dm'x", dm, x, w1p, sizes, backend, overrides)
 
 
 def _weight_grad(name, a, b_, weight, sizes, backend, overrides):
