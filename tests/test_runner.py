@@ -37,6 +37,17 @@ def test_ok_run_writes_record_and_output_notebook():
     assert "finished a False slow\n" in printed
 
 
+def test_run_lands_in_the_store_named_by_store_even_when_it_is_empty(tmp_path):
+    """`--store` names where the record goes; a new, empty store must not fall back to the
+    default one (an empty RunStore has length 0, so `store or default` once did)."""
+    other = tmp_path / "other.sqlite"
+    result = run_cli("--store", str(other), "run", TINY, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    assert RunStore(str(other)).get(run_id).status == "ok"
+    assert run_id not in {r.run_id for r in RunStore().records()}
+
+
 @pytest.mark.parametrize("args, message", [
     (("-p", "xx", "1"), "unknown parameter 'xx'"),
     (("-p", "x", "one"), "parameter 'x' expects int"),

@@ -46,7 +46,7 @@ def execute(notebook: str | Path, given: dict[str, Any] | None = None, *,
     """Run ``notebook`` with parameters ``given`` and return the stored record."""
     notebook = Path(notebook).resolve()
     values = resolve_parameters(read_parameters(notebook), dict(given or {}), notebook.name)
-    store = store or RunStore()
+    store = RunStore() if store is None else store  # an empty store is falsy (len 0)
     record = RunRecord(method=notebook.stem, notebook=str(notebook), parameters=values,
                        seed=values.get("seed") if isinstance(values.get("seed"), int) else None)
     folder = store.run_dir(record.run_id)
