@@ -125,6 +125,9 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
     if row["fold"]:  # the fold's stage 1 on cuBLAS (b batched GEMMs per product), side by side
         variants["fast_stage1_cublas"] = lambda v: monarch_multiply_fast(
             v, layer.w1, layer.w2, n, impl=impl, overrides={"stage1": "cublas"})
+    if cuda:  # the grouping copies as a Triton per-row transpose, side by side
+        variants["fast_triton_copies"] = lambda v: monarch_multiply_fast(
+            v, layer.w1, layer.w2, n, impl=impl, overrides={"copies": "triton"})
     # stage 2 on the other back end (cuBLAS batched GEMMs or the Triton kernel), side by side
     other2 = "triton" if use_cublas_stage2({}) else "cublas"
     variants[f"fast_stage2_{other2}"] = lambda v: monarch_multiply_fast(
@@ -304,7 +307,7 @@ def print_table(rows) -> None:
         s = r["speedup_fwd_bwd"]
         ok = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["targets"].items())
         for alt in ("fast_copy", "fast_fold", "fast_stage2_cublas", "fast_stage2_triton",
-                    "fast_stage1_cublas"):
+                    "fast_stage1_cublas", "fast_triton_copies"):
             if alt in t:
                 ok = (f"{alt} f+b {t[alt]['fwd_bwd']['median_ms']:.3f} "
                       f"fwd {t[alt]['fwd']['median_ms']:.3f} | " + ok)

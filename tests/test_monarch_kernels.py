@@ -82,6 +82,9 @@ def test_fold_rows_round_trip_and_policy():
     assert use_cublas_stage1({"stage1": "cublas"}) and not use_cublas_stage1({})
     with pytest.raises(ValueError, match="stage1"):
         use_cublas_stage1({"stage1": "cutlass"})
+    with pytest.raises(ValueError, match="copies"):
+        monarch_multiply_fast(torch.randn(2, 64), *MonarchLinear(64, 64, 4, bias=False).parameters(), 64,
+                              impl="torch", overrides={"copies": "numpy"})
     assert not use_cublas_stage2({"stage2": "cublas", "gather": True})
     with pytest.raises(ValueError, match="stage2"):
         use_cublas_stage2({"stage2": "cutlass"})
@@ -231,8 +234,9 @@ def test_triton_matches_fp32_reference(i, o, b, tokens, dtype):
 @pytest.mark.parametrize("i, o, b", [(4096, 4096, 4), (4096, 4096, 16), (1024, 1024, 4),
                                      (511, 512, 2)])
 def test_triton_fold_and_copy_plans_agree(i, o, b):
-    """The fold plan, the copy plan (v3), both with stage 2 on cuBLAS, and the fold with
-    stage 1 on cuBLAS too give the same results on the GPU (bf16)."""
+    """The fold plan, the copy plan (v3), both with stage 2 on cuBLAS, the fold with stage 1
+    on cuBLAS too, and the plans with the Triton grouping copies give the same results on the
+    GPU (bf16)."""
     torch.manual_seed(2)
     dev = torch.device("cuda")
     layer = MonarchLinear(i, o, b, device=dev, dtype=torch.bfloat16, bias=False)
@@ -240,13 +244,16 @@ def test_triton_fold_and_copy_plans_agree(i, o, b):
     x = torch.randn(777, i, device=dev, dtype=torch.bfloat16)
     dy = torch.randn(777, o, device=dev, dtype=torch.bfloat16)
     out = []
-    for fold, stage2, stage1 in ((True, "triton", "triton"), (False, "triton", "triton"),
-                                 (True, "cublas", "triton"), (False, "cublas", "triton"),
-                                 (True, "cublas", "cublas")):
+    for fold, stage2, stage1, copies in (
+            (True, "triton", "triton", "torch"), (False, "triton", "triton", "torch"),
+            (True, "cublas", "triton", "torch"), (False, "cublas", "triton", "torch"),
+            (True, "cublas", "cublas", "torch"), (True, "cublas", "triton", "triton"),
+            (False, "cublas", "triton", "triton"), (False, "triton", "triton", "triton")):
         torch.full((777 * 4 * max(i, o),), float("nan"), device=dev, dtype=torch.bfloat16)
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="triton",
-                                  overrides={"fold": fold, "stage2": stage2, "stage1": stage1})
+                                  overrides={"fold": fold, "stage2": stage2, "stage1": stage1,
+                                             "copies": copies})
         out.append((y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy))
     for other in out[1:]:
         for name, f, c in zip(("y", "dx", "dw1", "dw2"), other, out[0]):

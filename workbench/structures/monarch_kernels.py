@@ -150,24 +150,24 @@ def fast_forward(x, w1, w2, backend, overrides):
         h = x.new_empty(T, b * q)
         run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
         if cublas:
-            mid = group(h, b)
+            mid = _group(h, b, ov, backend)
             del h
     if cublas:  # stage 2 as one strided batched GEMM (cuBLAS), output copied to P2 order
-        return stage2_bmm(mid, w2c), (x, w1c, w2c, mid), info
+        return stage2_bmm(mid, w2c, ov, backend), (x, w1c, w2c, mid), info
     if fold:
         yg = x.new_empty(T, b, s)
         run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
-        return ungroup(yg), (x, w1c, w2c, mid), info
+        return _ungroup(yg, ov, backend), (x, w1c, w2c, mid), info
     if ov.get("gather"):
         y = x.new_empty(T, b * s)
         run_product("y=h@w2", h, w2c, y, sizes, backend, ov)
         return y, (x, w1c, w2c, h), info
-    mid = group(h, b)                             # (T, b, q): the one forward copy
+    mid = _group(h, b, ov, backend)               # (T, b, q): the one forward copy
     del h
     if ov.get("store", "copy") == "copy":
         yg = x.new_empty(T, b, s)
         run_product("y=m@w2>grp", mid, w2c, yg, sizes, backend, ov)
-        y = ungroup(yg)
+        y = _ungroup(yg, ov, backend)
     else:
         y = x.new_empty(T, b * s)
         run_product("y=m@w2>nat", mid, w2c, y, sizes, backend, ov)
@@ -184,7 +184,7 @@ def fast_backward(info: ForwardPass, saved, dy):
     if info.fold:
         return _fold_backward(info, dy, x, w1, w2, mid)
     gather = bool(ov.get("gather"))
-    dy = dy.contiguous() if gather else group(dy, b)  # the one backward copy
+    dy = dy.contiguous() if gather else _group(dy, b, ov, backend)  # the one backward copy
     need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dx = dw1 = dw2 = None
     if need_w2:
@@ -197,7 +197,7 @@ def fast_backward(info: ForwardPass, saved, dy):
         elif ov.get("store", "copy") == "copy":
             dhg = x.new_empty(T, b, q)
             run_product("dh=dy@w2>grp", dy, w2, dhg, sizes, backend, ov)
-            dh = ungroup(dhg)
+            dh = _ungroup(dhg, ov, backend)
         else:
             run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
         if need_w1:
@@ -229,7 +229,7 @@ def _fold_backward(info, dy, x, w1p, w2, mid):
     first factor's gradients read through their two-level index; dw1 un-permuted at the end."""
     sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
-    dy = group(dy, b)
+    dy = _group(dy, b, ov, backend)
     need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dx = dw1 = dw2 = None
     if need_w2:
@@ -245,12 +245,50 @@ def _fold_backward(info, dy, x, w1p, w2, mid):
     return dx, dw1, dw2
 
 
-def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = None,
+               backend: str = "torch") -> torch.Tensor:
     """Stage 2 on the grouped middle m (T, b, q) by one batched GEMM (cuBLAS reads m's
     batches with a row stride b·q, no copy): Y (b, T, s), then one copy to P2's order,
-    y[t, s'·b + l] = Y[l, t, s'] -> (T, b·s)."""
+    y[t, s'·b + l] = Y[l, t, s'] -> (T, b·s). With the Triton copies, cuBLAS writes Y grouped
+    (T, b, s) through strides and the copy is a per-row transpose."""
+    if _triton_copies(overrides or {}, backend):
+        T, b, s = mid.shape[0], mid.shape[1], w2.shape[1]
+        yg = mid.new_empty(T, b, s)
+        torch.bmm(mid.transpose(0, 1), w2.transpose(1, 2), out=yg.transpose(0, 1))
+        return _ungroup(yg, overrides, backend)
     Y = torch.bmm(mid.transpose(0, 1), w2.transpose(1, 2))
     return Y.permute(1, 2, 0).reshape(mid.shape[0], -1)
+
+
+# The grouping copies (m from h, dy grouped, outputs back to natural order) by torch's strided
+# copy ("torch", 1.7-1.9 TB/s on the H200) or by a Triton per-row transpose ("triton": loads
+# and stores whole contiguous runs; not measured yet, so opt-in: overrides={"copies": "triton"}).
+COPIES_DEFAULT = "torch"
+
+
+def _triton_copies(overrides: dict, backend: str) -> bool:
+    choice = overrides.get("copies", COPIES_DEFAULT)
+    if choice not in ("torch", "triton"):
+        raise ValueError(f"monarch: copies must be 'torch' or 'triton', got {choice!r}")
+    return choice == "triton" and backend == "triton"
+
+
+def _group(t: torch.Tensor, b: int, overrides: dict, backend: str) -> torch.Tensor:
+    """``group`` (T, c·b) [t, r·b + l] -> (T, b, c) [t, l, r], by the chosen copy."""
+    if not _triton_copies(overrides, backend):
+        return group(t, b)
+    from .monarch_triton import row_transpose
+    c = t.shape[1] // b
+    return row_transpose(t.contiguous(), c, b).view(t.shape[0], b, c)
+
+
+def _ungroup(t: torch.Tensor, overrides: dict, backend: str) -> torch.Tensor:
+    """``ungroup`` (T, b, c) -> (T, c·b) natural order, by the chosen copy."""
+    if not _triton_copies(overrides, backend):
+        return ungroup(t)
+    from .monarch_triton import row_transpose
+    T, b, c = t.shape
+    return row_transpose(t.contiguous().view(T, b * c), b, c)
 
 
 def _cublas_backward(info, dy, x, w1, w2, mid):
@@ -261,7 +299,7 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
     through the two-level index (fold), or after one copy to natural order."""
     sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
-    dyT = group(dy, b).transpose(0, 1)                             # (b, T, s) [l, t, s']
+    dyT = _group(dy, b, ov, backend).transpose(0, 1)               # (b, T, s) [l, t, s']
     need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dx = dw1 = dw2 = None
     if need_w2:
@@ -272,7 +310,7 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
         if info.fold:
             names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
         else:  # natural order dh[t, r·b + l] = dm[t, l, r]
-            names, dh = ("dw1=dh'x", "dx=dh@w1"), ungroup(dm)
+            names, dh = ("dw1=dh'x", "dx=dh@w1"), _ungroup(dm, ov, backend)
         if need_w1 and info.fold:
             dw1 = unfold_rows(_fold_weight_grad(dm, x, w1, sizes, backend, ov))
         elif need_w1:

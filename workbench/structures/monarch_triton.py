@@ -120,3 +120,32 @@ def launch(a, b, c, G, M, N, K, sa, sb, sc, cfg, two_level=None) -> None:
                              SPLIT_K=cfg["SPLIT_K"], GROUP_M=cfg["GROUP_M"],
                              TWO_LEVEL=which, RUN=run,
                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+@triton.jit
+def row_transpose_kernel(x_ptr, out_ptr, T, A, B, BT: tl.constexpr, BA: tl.constexpr,
+                         BB: tl.constexpr):
+    """out[t, j·A + i] = x[t, i·B + j]: each row, read as an (A, B) matrix, written transposed.
+    A (BT, BA, BB) tile is loaded with B contiguous and stored with A contiguous (Triton moves
+    it between the two layouts through shared memory)."""
+    rt = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    ri = tl.program_id(1) * BA + tl.arange(0, BA)
+    rj = tl.program_id(2) * BB + tl.arange(0, BB)
+    row = rt[:, None, None] * (A * B)
+    mask = (rt[:, None, None] < T) & (ri[None, :, None] < A) & (rj[None, None, :] < B)
+    tile = tl.load(x_ptr + row + ri[None, :, None] * B + rj[None, None, :], mask=mask)
+    tile = tl.permute(tile, (0, 2, 1))                                   # (BT, BB, BA)
+    mask = (rt[:, None, None] < T) & (rj[None, :, None] < B) & (ri[None, None, :] < A)
+    tl.store(out_ptr + row + rj[None, :, None] * A + ri[None, None, :], tile, mask=mask)
+
+
+def row_transpose(x, A: int, B: int):
+    """x (T, A·B) contiguous -> (T, B·A) with out[t, j·A + i] = x[t, i·B + j]."""
+    T = x.shape[0]
+    out = x.new_empty(T, A * B)
+    BA = min(triton.next_power_of_2(A), 128)
+    BB = min(triton.next_power_of_2(B), 128)
+    BT = max(1, min(16, 4096 // (BA * BB)))
+    grid = (triton.cdiv(T, BT), triton.cdiv(A, BA), triton.cdiv(B, BB))
+    row_transpose_kernel[grid](x, out, T, A, B, BT=BT, BA=BA, BB=BB, num_warps=4)
+    return out

@@ -1,0 +1,42 @@
+"""Every plan of the fast Monarch path through Triton's interpreter (CPU, float32), against
+the plain path in float64: the kernels' indexing checked without a GPU. Runs where Triton is
+installed (the GPU machine; locally `pip install triton`), in a subprocess because
+TRITON_INTERPRET must be set before Triton is imported."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+CHECK = r"""
+import torch
+from workbench.structures import MonarchLinear, monarch_multiply
+from workbench.structures.monarch_kernels import fast_backward, fast_forward
+torch.manual_seed(0)
+worst = 0.0
+for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16)]:   # fold, padded copy, copy
+    layer = MonarchLinear(i, o, b, bias=False)
+    x, dy = torch.randn(33, layer.in_ext), torch.randn(33, layer.out_ext)
+    w1, w2 = layer.w1.detach(), layer.w2.detach()
+    ref = [t.double().requires_grad_(True) for t in (x, w1, w2)]
+    y_ref = monarch_multiply(*ref, layer.out_ext)
+    want = (y_ref,) + torch.autograd.grad(y_ref, ref, dy.double())
+    for ov in ({}, {"fold": False}, {"stage2": "triton"}, {"stage1": "cublas"},
+               {"copies": "triton"}, {"copies": "triton", "stage2": "triton"},
+               {"copies": "triton", "stage1": "cublas"}):
+        y, saved, info = fast_forward(x, w1, w2, "triton", ov)
+        got = (y,) + fast_backward(info, saved, dy)
+        for g, w in zip(got, want):
+            worst = max(worst, float((g.double() - w.detach()).norm() / w.detach().norm()))
+print(worst)
+"""
+
+
+def test_every_plan_in_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
