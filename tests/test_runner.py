@@ -187,3 +187,21 @@ def test_sweep_skips_runs_whose_notebook_resolved_or_logged_other_values(tmp_pat
                      "-g", "x", "2")
     assert result.returncode == 0 and "already done, skipped" in result.stderr, result.stderr
     assert len(list(store.records())) == 1
+
+
+def test_sweep_skip_existing_compares_every_parameter_not_only_the_given_ones(tmp_path):
+    """A run with mode=slow does not cover a setting that leaves mode at its default (fast):
+    --skip-existing once compared only the names given on the command line."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    record = RunRecord(method="tiny", notebook=TINY, parameters={
+        "x": 1, "rate": 0.5, "name": "a", "flag": False, "mode": "slow", "fail": False,
+        "die": False, "stall": 0.0})
+    store.add(record)
+    given_store = ("--store", str(tmp_path / "runs.sqlite"))
+    covered = run_cli(*given_store, "sweep", TINY, "--skip-existing", "-g", "x", "1",
+                      "-p", "mode", "slow")
+    assert covered.returncode == 0 and "already done, skipped" in covered.stderr
+    default_mode = run_cli(*given_store, "sweep", TINY, "--skip-existing", "-g", "x", "1")
+    assert default_mode.returncode == 0, default_mode.stderr
+    assert "already done" not in default_mode.stderr
+    assert sorted(r.parameters["mode"] for r in store.records(method="tiny")) == ["fast", "slow"]

@@ -144,7 +144,11 @@ def _sweep(args) -> int:
     done = _finished_settings(args) if args.skip_existing else []
     failures = 0
     for i, (setting, values) in enumerate(zip(settings, resolved), 1):
-        if any(all(p.get(k) == values[k] for k in setting) for p in done):
+        # every parameter counts, not only those given: a run with another value of a
+        # parameter left at its default does not cover this setting; a parameter the notebook
+        # did not have yet when a run was made counts as its default
+        if any(all(p.get(k, declared[k].default) == v for k, v in values.items())
+               for p in done):
             print(f"[{i}/{len(settings)}] {setting}: already done, skipped", file=sys.stderr)
             continue
         print(f"[{i}/{len(settings)}] {setting}", file=sys.stderr, flush=True)
