@@ -144,3 +144,28 @@ def test_store_url_accepts_an_open_store_and_refuses_other_objects(tmp_path):
     assert resolve_store_url(store) == store.url and RunStore(store).url == store.url
     with pytest.raises(TypeError, match="not int"):
         resolve_store_url(3)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda tmp: tmp, "unable to open database file"),  # a folder
+    (lambda tmp: (tmp / "notes.txt").write_text("hello") and tmp / "notes.txt",
+     "file is not a database"),
+    (lambda tmp: "nosuchdialect://host/db", "nosuchdialect"),
+    (lambda tmp: (tmp / "file").write_text("") or tmp / "file" / "runs.sqlite", "its folder"),
+    (lambda tmp: "postgresql://alice:s3cret@127.0.0.1:1/db", "cannot open run store"),
+])
+def test_a_store_that_cannot_be_opened_is_a_store_error_naming_it(tmp_path, make, match):
+    """Not an SQLAlchemy or driver traceback; a password in the URL is not shown."""
+    with pytest.raises(StoreError, match=match) as info:
+        RunStore(make(tmp_path))
+    assert "cannot open run store" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_cli_names_a_store_that_cannot_be_opened(tmp_path):
+    import subprocess
+    from conftest import cli_env, workbench_cmd
+    (tmp_path / "notes.txt").write_text("hello")
+    done = subprocess.run(workbench_cmd("--store", str(tmp_path / "notes.txt"), "runs", "list"),
+                          capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot open run store sqlite:///{tmp_path / 'notes.txt'}" in done.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .record import SCHEMA_VERSION, RecordError, RunRecord
 
@@ -80,7 +80,10 @@ def resolve_store_url(store: "str | os.PathLike | RunStore | None" = None) -> st
     if "://" in value:
         return value
     path = Path(value).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot open run store {path}: cannot create its folder: {exc}") from exc
     return f"sqlite:///{path}"
 
 
@@ -88,13 +91,20 @@ class RunStore:
     """Append-only run records. ``add`` writes, ``get``/``records``/``frame`` read."""
 
     def __init__(self, store: str | os.PathLike | None = None):
+        """Open (creating when new) the store; StoreError naming it when it cannot be opened
+        (a folder, a file that is not a database, an unknown dialect, a missing driver, an
+        unreachable server)."""
         self.url = resolve_store_url(store)
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs = {"connect_args": {"timeout": 60}} if self.is_sqlite else {"pool_pre_ping": True}
-        self.engine = sa.create_engine(self.url, **kwargs)
-        if self.is_sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._retry(self._init_schema)
+        try:
+            self.engine = sa.create_engine(self.url, **kwargs)
+            if self.is_sqlite:
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._retry(self._init_schema)
+        except (SQLAlchemyError, ImportError) as exc:
+            reason = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's
+            raise StoreError(f"cannot open run store {_shown(self.url)}: {reason}") from exc
 
     # ---- locations -------------------------------------------------------------------------
     @property
@@ -227,6 +237,14 @@ def _parse(run_id: str, body: str) -> RunRecord | CorruptRecord:
         return RunRecord.from_dict(json.loads(body))
     except (ValueError, TypeError, RecordError) as exc:
         return CorruptRecord(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+
+
+def _shown(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse has no password to hide
+        return url
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
