@@ -169,3 +169,20 @@ def test_cli_names_a_store_that_cannot_be_opened(tmp_path):
                           capture_output=True, text=True, env=cli_env())
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"cannot open run store sqlite:///{tmp_path / 'notes.txt'}" in done.stderr
+
+
+def test_cli_exports_parameters_of_mixed_types_to_parquet(tmp_path, capsys):
+    """A parameter that is 4 in one run and [4, 16] in another (JSON text in the table) made
+    pyarrow refuse the column, so the shipped demo store could not be exported to parquet."""
+    import pandas as pd
+    from workbench.cli import main
+    store = RunStore()
+    store.add(RunRecord(method="monarch", parameters={"nblocks": 4, "flag": True}))
+    store.add(RunRecord(method="monarch", parameters={"nblocks": [4, 16], "flag": 1}))
+    store.add(RunRecord(method="dense", parameters={}))
+    out = tmp_path / "runs.parquet"
+    assert main(["runs", "export", "--format", "parquet", "-o", str(out)]) == 0
+    back = pd.read_parquet(out)
+    assert back["param.nblocks"].tolist()[:2] == ["4", "[4, 16]"]
+    assert back["param.nblocks"].isna().tolist() == [False, False, True]
+    assert "wrote 3 runs" in capsys.readouterr().err

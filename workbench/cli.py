@@ -213,7 +213,7 @@ def _runs_export(args) -> int:
         if not args.output:
             print("workbench: error: parquet export needs -o FILE", file=sys.stderr)
             return 2
-        frame.to_parquet(args.output, index=False)
+        _one_type_per_column(frame).to_parquet(args.output, index=False)
     elif args.output:
         frame.to_csv(args.output, index=False)
     else:
@@ -221,6 +221,18 @@ def _runs_export(args) -> int:
     if args.output:
         print(f"wrote {len(frame)} runs to {args.output}", file=sys.stderr)
     return 0
+
+
+def _one_type_per_column(frame):
+    """``frame`` with each column whose values are of several types (a parameter that is 4 in
+    one run and ``"[4, 16]"``, JSON text, in another) turned to text, since a parquet column
+    has one type; missing values stay missing."""
+    frame = frame.copy()
+    for name in frame.columns[frame.dtypes == object]:
+        column = frame[name]
+        if len({type(value) for value in column.dropna()}) > 1:
+            frame[name] = column.astype(str).where(column.notna(), None)
+    return frame
 
 
 def _runs_import_store(args) -> int:
