@@ -290,3 +290,25 @@ def test_minilm_ffn_surgery_keeps_embeddings():
     model, _ = load_minilm(dtype=torch.bfloat16)
     replace_linears(model, copy_linear, include=BERT_FFN)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_children_read_by_their_parent_are_skipped():
+    """nn.MultiheadAttention reads out_proj.weight (never calls it), and TransformerEncoderLayer's
+    eval fast path reads linear1/linear2.weight: replaced, the model crashed with
+    "'MonarchLinear' object has no attribute 'weight'"."""
+    from workbench.structures import MonarchLinear
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    model = nn.ModuleDict({"layer": layer, "mha": mha, "head": nn.Linear(32, 8)})
+    x = torch.randn(2, 5, 32)
+    report = replace_linears(model, lambda n, m: MonarchLinear(m.in_features, m.out_features, 2))
+    assert [r.name for r in report.replaced] == ["head"]
+    assert {s.name: s.reason for s in report.skipped} == {
+        "layer.self_attn.out_proj": "its parent MultiheadAttention reads out_proj.weight directly",
+        "layer.linear1": "its parent TransformerEncoderLayer reads linear1.weight directly",
+        "layer.linear2": "its parent TransformerEncoderLayer reads linear2.weight directly",
+        "mha.out_proj": "its parent MultiheadAttention reads out_proj.weight directly"}
+    with torch.no_grad():
+        assert layer(x).shape == (2, 5, 32) and mha(x, x, x)[0].shape == (2, 5, 32)

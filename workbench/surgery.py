@@ -29,6 +29,14 @@ CONV1D = "transformers.pytorch_utils.Conv1D"
 # recognises transformers' Conv1D without importing transformers.
 LINEAR_TYPES: tuple[type | str, ...] = (nn.Linear, CONV1D)
 
+# Parents whose forward reads these children's ``.weight`` directly instead of calling them
+# (MultiheadAttention always, TransformerEncoderLayer on its eval fast path): a replacement
+# without a dense weight would break them, so these children are skipped.
+WEIGHT_READERS: dict[type, tuple[str, ...]] = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+}
+
 Pattern = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 Factory = Callable[[str, nn.Module], Union[nn.Module, None]]
 
@@ -227,10 +235,16 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return owners
 
 
-def _must_keep(name: str, module: nn.Module, names: list[str], owners: dict, min_features: int):
-    """Why ``module`` has to stay (root, shared, tied, too small), or None."""
+def _must_keep(model: nn.Module, name: str, module: nn.Module, names: list[str], owners: dict,
+               min_features: int):
+    """Why ``module`` has to stay (root, shared, tied, read by its parent, too small), or None."""
     if not name:
         return "the root module cannot be replaced in place"
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for reader, children in WEIGHT_READERS.items():
+        if isinstance(parent, reader) and child in children:
+            return f"its parent {type(parent).__name__} reads {child}.weight directly"
     if len(names) > 1:
         return f"shared: the same module is also {', '.join(n for n in names if n != name)}"
     for pname, p in module.named_parameters(recurse=False):
@@ -251,7 +265,9 @@ def replace_linears(model: nn.Module, factory: Factory, include: Pattern = None,
     The factory returns the new module, or None (or raises :class:`Skip`) to keep the old one.
     The new module is moved to the old weight's device and floating dtype. Skipped, with the
     reason: names not included or excluded, a module reachable under two names, a module
-    sharing a parameter with another one (tied embeddings), ``min(out, in) < min_features``.
+    sharing a parameter with another one (tied embeddings), a child whose parent reads its
+    weight directly (``WEIGHT_READERS``: ``nn.MultiheadAttention.out_proj``, ...),
+    ``min(out, in) < min_features``.
     """
     linears = _linears(model, types, include)
     inc, exc = _matcher(include), _matcher(exclude)
@@ -266,7 +282,8 @@ def replace_linears(model: nn.Module, factory: Factory, include: Pattern = None,
         elif exclude is not None and exc(name, module):
             reason = "matched by exclude"
         else:
-            reason = _must_keep(name, module, names_of[id(module)], owners, min_features)
+            reason = _must_keep(model, name, module, names_of[id(module)], owners,
+                                min_features)
         if reason is None:
             try:
                 new = factory(name, module)
