@@ -69,3 +69,14 @@ def test_lowrank_matches_monarch_budget():
         layer = model.get_submodule(r.name)
         assert isinstance(layer, LowRankLinear)
         assert layer.rank * (64 + 256) <= monarch_params < (layer.rank + 1) * (64 + 256)
+
+
+def test_projection_error_names_the_layer_and_leaves_the_model_untouched():
+    """A NaN in one layer's weight: the error said only "weight contains NaN" and the layers
+    before it had already been replaced, leaving a half-converted model."""
+    model = small_gpt()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"monarch: layer 'blocks\.1\.mlp\.fc': .*NaN"):
+        apply_method("monarch", model, nblocks=4, init="project", include="*mlp.*")
+    assert not any(isinstance(m, MonarchLinear) for m in model.modules())

@@ -276,6 +276,7 @@ def replace_linears(model: nn.Module, factory: Factory, include: Pattern = None,
         names_of.setdefault(id(m), []).append(n)
     owners = _owners(model)
     report = SurgeryReport(model_params_before=_num_params(model))
+    swaps = []  # every factory runs before the first swap: an error leaves the model untouched
     for name, module in linears:
         if not inc(name, module):
             reason = "not matched by include"
@@ -295,7 +296,8 @@ def replace_linears(model: nn.Module, factory: Factory, include: Pattern = None,
             continue
         weight = linear_weight(module)
         dtype = weight.dtype if weight.is_floating_point() else None
-        new = new.to(device=weight.device, dtype=dtype)
+        swaps.append((name, module, new.to(device=weight.device, dtype=dtype)))
+    for name, module, new in swaps:
         _set_submodule(model, name, new)
         report.replaced.append(Replacement(name, type(module).__name__, type(new).__name__,
                                            _num_params(module), _num_params(new),

@@ -42,8 +42,11 @@ def apply(model: nn.Module, config: MonarchConfig) -> SurgeryReport:
         out_features, in_features = linear_shape(module)
         bias = linear_bias(module)
         if config.init == "project":
-            return MonarchLinear.from_dense(linear_weight(module).detach(), config.nblocks,
-                                            bias=None if bias is None else bias.detach())
+            try:
+                return MonarchLinear.from_dense(linear_weight(module).detach(), config.nblocks,
+                                                bias=None if bias is None else bias.detach())
+            except ValueError as err:
+                raise ValueError(f"monarch: layer {name!r}: {err}") from err
         return MonarchLinear(in_features, out_features, config.nblocks, bias=bias is not None)
     return replace_linears(model, factory, include=config.include, exclude=config.exclude,
                            min_features=config.min_features)
