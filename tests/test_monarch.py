@@ -186,6 +186,10 @@ def test_projection_errors_and_bias():
     with pytest.raises(ValueError, match="NaN"):
         MonarchLinear.from_dense(w, 2)
     bias = torch.randn(6)
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\), got \(1,\)"):
+        MonarchLinear.from_dense(torch.randn(6, 10), 2, bias=bias[:1])  # was broadcast
+    with pytest.raises(ValueError, match="bias contains NaN"):
+        MonarchLinear.from_dense(torch.randn(6, 10), 2, bias=bias / 0 * 0)  # was kept
     layer = MonarchLinear.from_dense(torch.randn(6, 10), 2, bias=bias)
     assert torch.equal(layer.bias.detach(), bias) and layer.w1.dtype == torch.float32
 

@@ -77,6 +77,10 @@ def project(weight: torch.Tensor, nblocks: int | str = 4, bias: torch.Tensor | N
     if not torch.isfinite(weight).all():
         raise ValueError("project: weight contains NaN or infinite values")
     out, inp = weight.shape
+    if bias is not None and tuple(bias.shape) != (out,):
+        raise ValueError(f"project: bias must have shape ({out},), got {tuple(bias.shape)}")
+    if bias is not None and not torch.isfinite(bias).all():
+        raise ValueError("project: bias contains NaN or infinite values")
     layer = MonarchLinear(inp, out, nblocks, bias=bias is not None, device=weight.device,
                           dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
     b, q = layer.nblocks, layer.mid_block
