@@ -64,6 +64,8 @@ def test_bad_configuration(bad):
 def test_wrong_input_width():
     with pytest.raises(ValueError, match=r"expects \(\.\.\., 8\)"):
         MonarchLinear(8, 8, 2)(torch.randn(2, 9))
+    with pytest.raises(ValueError, match=r"expects \(\.\.\., 8\) inputs, got \(\)"):
+        MonarchLinear(8, 8, 2)(torch.tensor(1.0))  # was IndexError: tuple index out of range
 
 
 def test_variance_matched_init_vs_linear_and_reference():

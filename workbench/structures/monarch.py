@@ -108,7 +108,7 @@ class MonarchLinear(nn.Module):
 
     # ---- compute -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"MonarchLinear expects (..., {self.in_features}) inputs, "
                              f"got {tuple(x.shape)}")
         lead = x.shape[:-1]
