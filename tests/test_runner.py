@@ -205,3 +205,57 @@ def test_sweep_skip_existing_compares_every_parameter_not_only_the_given_ones(tm
     assert default_mode.returncode == 0, default_mode.stderr
     assert "already done" not in default_mode.stderr
     assert sorted(r.parameters["mode"] for r in store.records(method="tiny")) == ["fast", "slow"]
+
+
+def _notebook(folder, name, code):
+    """A one-cell notebook (after a parameters cell ``x = 1``) in ``folder``."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell("x = 1  # an integer")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    path = folder / name
+    nbformat.write(nb, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("code, message", [
+    ("from workbench.runs import log_results\n"
+     "log_results(method='bad', metrics={'curve': [1, 2], 'accuracy': 0.5})",
+     "unusable results logged by the notebook: run record: metric/cost 'curve' must be a "
+     "number or string, got list"),
+    ("import os, pathlib\n"
+     "pathlib.Path(os.environ['WORKBENCH_RUN_DIR'], 'results.json').write_text('[1, 2]')",
+     "results.json holds a list, not a JSON object"),
+    ("import os, pathlib\n"
+     "pathlib.Path(os.environ['WORKBENCH_RUN_DIR'], 'results.json').write_text('{oops')",
+     "results.json is not valid JSON"),
+])
+def test_unusable_logged_results_fail_the_run_but_keep_it(tmp_path, code, message):
+    """A run whose logged results cannot make a record was once lost (exit 2 as if the command
+    line were wrong, or a traceback); it is stored failed, naming the problem, with its
+    output notebook."""
+    result = run_cli("run", _notebook(tmp_path, "bad.ipynb", code), "-p", "x", "3",
+                     "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    record = RunStore().get(result.stdout.strip().splitlines()[-1])
+    assert record.status == "failed" and message in record.error
+    assert not record.error.startswith(";")
+    assert record.parameters == {"x": 3} and record.metrics == {}
+    assert RunStore().artifact(record.output_notebook).exists()
+
+
+def test_an_unusable_variant_is_left_out_and_named_in_the_run_error(tmp_path):
+    code = ("from workbench.runs import log_results, log_variant\n"
+            "log_results(method='parent', metrics={'accuracy': 0.5})\n"
+            "log_variant(method='', metrics={'accuracy': 0.9})\n"
+            "log_variant(method='dense', metrics={'accuracy': 0.7})")
+    result = run_cli("run", _notebook(tmp_path, "variants.ipynb", code), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    records = {r.method: r for r in RunStore().records()}
+    assert sorted(records) == ["dense", "parent"]
+    assert records["parent"].status == "failed" and records["parent"].metrics["accuracy"] == 0.5
+    assert "variant 1 not recorded" in records["parent"].error
+    assert "'method' must be a non-empty string" in records["parent"].error
+    assert records["dense"].status == "ok" and records["dense"].device

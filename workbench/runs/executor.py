@@ -92,24 +92,49 @@ def _papermill(notebook: Path, output: Path, values: dict, kernel: str,
 
 
 def _finish(record: RunRecord, folder: Path, output: Path, store: RunStore) -> None:
-    """Fold the notebook's logged results into the record (and its variants) and store them."""
+    """Fold the notebook's logged results into the record (and its variants) and store them.
+
+    Results that cannot make a valid record (``results.json`` not JSON or not an object, a
+    metric that is a list or a bool, a variant without a method) fail the run with an error
+    naming the problem instead of losing it: the record keeps its parameters and output
+    notebook, drops the unusable results (``results.json`` stays in the run folder) and is
+    stored; an unusable variant is left out and named in the run's error."""
+    given = dict(record.parameters)
     try:
         results = read_results(folder / RESULTS_FILE)
-    except ValueError as exc:
+        _apply(record, results, store)
+        record.validate()
+    except (ValueError, TypeError, AttributeError) as exc:  # RecordError is a ValueError
         results = {}
-        record.status, record.error = "failed", (record.error or "") + f"; {exc}"
-    _apply(record, results, store)
+        record.parameters, record.metrics, record.cost, record.artifacts = given, {}, {}, {}
+        _fail(record, f"unusable results logged by the notebook: {exc}")
+    _apply_environment(record)
     if output.exists():
         record.output_notebook = store.relative_artifact(output)
     elif record.status == "ok":
-        record.status, record.error = "failed", "papermill wrote no output notebook"
+        _fail(record, "papermill wrote no output notebook")
+    children = []
+    for i, variant in enumerate(results.get("variants", []), 1):
+        try:
+            child = RunRecord(method=variant.get("method"), notebook=record.notebook,
+                              parameters={**record.parameters, "parent_run": record.run_id},
+                              seed=record.seed, output_notebook=record.output_notebook)
+            _apply(child, variant, store)
+            child.validate()
+        except (ValueError, TypeError, AttributeError) as exc:
+            _fail(record, f"variant {i} not recorded, its results are unusable: {exc}")
+            continue
+        _apply_environment(child)
+        children.append(child)
     store.add(record)
-    for variant in results.get("variants", []):
-        child = RunRecord(method=variant["method"], notebook=record.notebook,
-                          parameters={**record.parameters, "parent_run": record.run_id},
-                          seed=record.seed, output_notebook=record.output_notebook)
-        _apply(child, variant, store)
+    for child in children:
         store.add(child)
+
+
+def _fail(record: RunRecord, error: str) -> None:
+    """Mark ``record`` failed, adding ``error`` to any error it has."""
+    record.status = "failed"
+    record.error = f"{record.error}; {error}" if record.error else error
 
 
 def _apply(record: RunRecord, results: dict, store: RunStore) -> None:
@@ -125,6 +150,9 @@ def _apply(record: RunRecord, results: dict, store: RunStore) -> None:
     record.artifacts = {name: store.relative_artifact(path)
                         for name, path in results.get("artifacts", {}).items()}
     record.parameters.update(results.get("parameters", {}))
+
+
+def _apply_environment(record: RunRecord) -> None:
     env = environment_info()
     record.device = record.device or env["device"]
     record.torch_version, record.git_commit = env["torch_version"], env["git_commit"]

@@ -105,13 +105,18 @@ def log_variant(*, method: str, model: str | None = None, dataset: str | None = 
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """The results logged so far ({} when none)."""
+    """The results logged so far ({} when none); ValueError naming the file when it is not
+    JSON or holds something other than an object."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"results file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"results file {path} holds a {type(results).__name__}, "
+                         f"not a JSON object")
+    return results
 
 
 def _plain(value: Any) -> Any:
