@@ -80,3 +80,15 @@ def test_projection_error_names_the_layer_and_leaves_the_model_untouched():
     with pytest.raises(ValueError, match=r"monarch: layer 'blocks\.1\.mlp\.fc': .*NaN"):
         apply_method("monarch", model, nblocks=4, init="project", include="*mlp.*")
     assert not any(isinstance(m, MonarchLinear) for m in model.modules())
+
+
+def test_densify_keeps_frozen_layers_frozen():
+    """Densified, a frozen Monarch layer came back as a trainable nn.Linear."""
+    model = small_gpt()
+    apply_method("monarch", model, nblocks=4, include="*mlp.*")
+    model.blocks[0].requires_grad_(False)
+    model.blocks[1].mlp.fc.bias.requires_grad_(False)
+    densify(model)
+    assert not any(p.requires_grad for p in model.blocks[0].parameters())
+    fc = model.blocks[1].mlp.fc
+    assert fc.weight.requires_grad and not fc.bias.requires_grad

@@ -125,8 +125,13 @@ class MonarchLinear(nn.Module):
         return monarch_weight(self.w1, self.w2, self.out_features, self.in_features)
 
     def to_linear(self) -> nn.Linear:
-        """An ``nn.Linear`` with the same function (for reverse sparsification)."""
-        return dense_linear(self.to_dense(), self.bias)
+        """An ``nn.Linear`` with the same function (for reverse sparsification); a frozen
+        factor or bias stays frozen."""
+        linear = dense_linear(self.to_dense(), self.bias)
+        linear.weight.requires_grad_(self.w1.requires_grad or self.w2.requires_grad)
+        if self.bias is not None:
+            linear.bias.requires_grad_(self.bias.requires_grad)
+        return linear
 
     # ---- cost --------------------------------------------------------------------------------
     def num_params(self) -> int:
