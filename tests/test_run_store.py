@@ -49,6 +49,11 @@ def test_filters_and_missing_run():
     (dict(method="x", status="done"), "status"),
     (dict(method="x", metrics={"acc": [1, 2]}), "number or string"),
     (dict(method="x", cost={"flops": object()}), "JSON"),
+    (dict(method="x", model=None), "'model' must be a string, got NoneType"),
+    (dict(method="x", device=["gpu"]), "'device' must be a string"),
+    (dict(method="x", created_at=None), "'created_at' must be a non-empty string"),
+    (dict(method="x", run_id=""), "'run_id' must be a non-empty string"),
+    (dict(method="x", error=3), "'error' must be a string or None"),
 ])
 def test_bad_records_are_refused(bad, match):
     with pytest.raises(RecordError, match=match):
@@ -186,3 +191,36 @@ def test_cli_exports_parameters_of_mixed_types_to_parquet(tmp_path, capsys):
     assert back["param.nblocks"].tolist()[:2] == ["4", "[4, 16]"]
     assert back["param.nblocks"].isna().tolist() == [False, False, True]
     assert "wrote 3 runs" in capsys.readouterr().err
+
+
+def test_a_stored_body_with_a_null_text_field_is_corrupt_and_listing_goes_on(capsys):
+    """`runs list` once stopped with a TypeError traceback at a record whose model was null
+    (and `add` called a record with created_at None "already in the store")."""
+    from workbench.cli import main
+    store = RunStore()
+    odd = _record(0)
+    body = {**odd.to_dict(), "model": None}
+    with store.engine.begin() as conn:
+        conn.execute(runs_table.insert().values(
+            run_id=odd.run_id, created_at=odd.created_at, status="ok", method="dense",
+            schema_version=1, body=json.dumps(body)))
+    later = store.add(_record(1))
+    assert [type(r) for r in store.records()] == [CorruptRecord, RunRecord]
+    assert main(["runs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "'model' must be a string" in out and later in out
+
+
+def test_listing_into_a_closed_pipe_is_not_a_traceback():
+    """`workbench runs list | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    import subprocess
+    from conftest import cli_env, workbench_cmd
+    store = RunStore()
+    for i in range(1500):  # more listing than a pipe buffers
+        store.add(_record(i))
+    proc = subprocess.Popen(workbench_cmd("runs", "list"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env())
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in stderr, stderr

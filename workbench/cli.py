@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`workbench runs list | head`): not an error
+        # Python flushes stdout again at exit; point it at /dev/null so that flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - turn library errors into a clean message
         from .runs import ParameterError, StoreError
         if isinstance(exc, (ParameterError, FileNotFoundError, ValueError)):

@@ -22,6 +22,9 @@ COST_KEYS = (
     "params", "nonzeros", "flops_per_sample", "latency_ms", "latency_ms_iqr",
     "peak_memory_mb", "throughput_per_s",
 )
+# Fields that hold text ("" when unknown), never None: tables and listings format them as text.
+_TEXT_FIELDS = ("notebook", "model", "dataset", "device", "torch_version", "git_commit",
+                "output_notebook")
 
 
 class RecordError(ValueError):
@@ -68,6 +71,16 @@ class RunRecord:
     def validate(self) -> None:
         if not isinstance(self.method, str) or not self.method:
             raise RecordError("run record: 'method' must be a non-empty string")
+        for name in ("run_id", "created_at"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise RecordError(f"run record: {name!r} must be a non-empty string")
+        for name in _TEXT_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise RecordError(f"run record: {name!r} must be a string, got "
+                                  f"{type(getattr(self, name)).__name__}")
+        if self.error is not None and not isinstance(self.error, str):
+            raise RecordError(f"run record: 'error' must be a string or None, got "
+                              f"{type(self.error).__name__}")
         if self.status not in STATUSES:
             raise RecordError(f"run record: status {self.status!r} is not one of {STATUSES}")
         for group in ("parameters", "metrics", "cost", "artifacts"):
