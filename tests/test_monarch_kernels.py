@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
 from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config, fold_rows,
-                                                  monarch_multiply_fast, plan, resolve_impl,
+                                                  group, monarch_multiply_fast, plan,
+                                                  resolve_impl,
                                                   triton_available, two_level, unfold_rows,
                                                   use_cublas_stage1, use_cublas_stage2,
                                                   use_fold)
@@ -68,6 +69,18 @@ def test_fold_plan_matches_plain_float64(i, o, b):
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
         for g, w_ in zip(got, want):
             torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["torch", "plain", "dense"])
+def test_zero_tokens_give_empty_output_and_zero_grads(impl):
+    """A batch of no tokens: (0, out) output, zero weight gradients, on every CPU path."""
+    layer = MonarchLinear(64, 48, 4, impl=impl)
+    x = torch.randn(0, 64, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 48)
+    y.sum().backward()
+    assert x.grad.shape == (0, 64) and not layer.w1.grad.any() and not layer.w2.grad.any()
+    assert group(torch.randn(0, 64), 4).shape == (0, 4, 16)
 
 
 def test_fold_rows_round_trip_and_policy():

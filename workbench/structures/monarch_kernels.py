@@ -428,6 +428,8 @@ def monarch_multiply_fast(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         x = x.to(torch.get_autocast_dtype("cuda"))
     backend = resolve_impl(impl, x)
+    if x.shape[0] == 0:  # no tokens: nothing to launch (the plain path gives zero gradients)
+        backend = "plain"
     if backend == "plain":
         return monarch_multiply(x, w1, w2, out_features)
     if backend == "dense":

@@ -76,7 +76,7 @@ def unfold_rows(w1p: torch.Tensor) -> torch.Tensor:
 
 def group(t: torch.Tensor, b: int) -> torch.Tensor:
     """(T, c·b) natural order [t, r·b + l] -> contiguous grouped (T, b, c) [t, l, r]."""
-    return t.reshape(t.shape[0], -1, b).transpose(1, 2).contiguous()
+    return t.reshape(t.shape[0], t.shape[1] // b, b).transpose(1, 2).contiguous()
 
 
 def ungroup(t: torch.Tensor) -> torch.Tensor:
