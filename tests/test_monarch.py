@@ -231,3 +231,19 @@ def test_fit_report_of_an_exact_float32_fit_is_near_zero():
         true = float((target - fit.to_dense()).norm() / target.norm())
         assert true < 1e-5
         assert fit.fit.relative_error == pytest.approx(true, rel=0.05, abs=1e-6)
+
+
+def test_impl_reaches_projected_and_surgery_layers():
+    """``impl`` chosen at projection or surgery time ends up on the layers (it was only
+    settable afterwards), and an unknown one is refused by name."""
+    from workbench.methods import apply_method
+    weight = torch.randn(32, 48, dtype=torch.float64)
+    layer = MonarchLinear.from_dense(weight, 4, impl="dense")
+    assert layer.impl == "dense"
+    torch.testing.assert_close(layer.to_dense(), MonarchLinear.from_dense(weight, 4).to_dense())
+    for init in ("fresh", "project"):
+        model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 16))
+        apply_method("monarch", model, nblocks=4, init=init, impl="dense")
+        assert [m.impl for m in model if isinstance(m, MonarchLinear)] == ["dense", "dense"]
+    with pytest.raises(ValueError, match="impl must be one of"):
+        apply_method("monarch", nn.Sequential(nn.Linear(8, 8)), impl="fast")

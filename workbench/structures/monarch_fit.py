@@ -65,12 +65,13 @@ def sub_block_ranks(nblocks: int, mid_block: int) -> torch.Tensor:
 @torch.no_grad()
 def project(weight: torch.Tensor, nblocks: int | str = 4, bias: torch.Tensor | None = None,
             method: str = "auto", tol: float = 1e-6, dtype: torch.dtype | None = None,
-            generator: torch.Generator | None = None) -> MonarchLinear:
+            generator: torch.Generator | None = None, impl: str = "auto") -> MonarchLinear:
     """The ``MonarchLinear`` closest to ``weight`` (out, in) in Frobenius norm.
 
     ``method``: ``"exact"`` (full SVD per sub-block), ``"randomized"`` (subspace iteration to
-    tolerance ``tol``, see ``topk_svd``) or ``"auto"`` (exact on the CPU). Works in float32 (float64 if given float64) and returns a
-    layer in ``dtype`` (default: the weight's) on the weight's device, fit report in ``.fit``.
+    tolerance ``tol``, see ``topk_svd``) or ``"auto"`` (exact on the CPU). Works in float32
+    (float64 if given float64) and returns a layer in ``dtype`` (default: the weight's) on the
+    weight's device, with ``impl`` (see ``MonarchLinear``); fit report in ``.fit``.
     """
     if weight.ndim != 2:
         raise ValueError(f"project: weight must be (out, in), got shape {tuple(weight.shape)}")
@@ -82,7 +83,8 @@ def project(weight: torch.Tensor, nblocks: int | str = 4, bias: torch.Tensor | N
     if bias is not None and not torch.isfinite(bias).all():
         raise ValueError("project: bias contains NaN or infinite values")
     layer = MonarchLinear(inp, out, nblocks, bias=bias is not None, device=weight.device,
-                          dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
+                          dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32,
+                          impl=impl)
     b, q = layer.nblocks, layer.mid_block
     work = weight.to(layer.w1.dtype)
     blocks = sub_blocks(work, b).reshape(b * b, layer.out_block, layer.in_block)
