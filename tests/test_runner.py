@@ -170,6 +170,29 @@ def test_import_benchmark_results_once(tmp_path):
     assert "not a Monarch benchmark result" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("body, message", [
+    ({"benchmark": "semi_structured", "environment": {}, "rows": [
+        {"model": "m", "layer": "l", "out_features": 4, "in_features": 4, "tokens": 8}]},
+     "is not a semi-structured benchmark result: a row has no field 'ms_dense'"),
+    ({"environment": {}, "rows": [{"n": 4}]},
+     "is not a Monarch benchmark result: a row has no field 'nblocks'"),
+    ({"environment": {}, "rows": [3]}, "is not a Monarch benchmark result: a row is malformed"),
+])
+def test_import_benchmark_names_the_file_and_field_of_an_incomplete_row(tmp_path, body, message):
+    """Once only "workbench: error: 'ms_dense'" (a bare KeyError), exit 1."""
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(body))
+    bad = run_cli("runs", "import-benchmark", str(path))
+    assert bad.returncode == 2 and f"workbench: error: {path} {message}" in bad.stderr, bad.stderr
+    assert len(RunStore()) == 0
+
+
+def test_a_missing_run_is_named_without_quotes():
+    missing = run_cli("runs", "show", "nope")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("workbench: error: no run 'nope' in store"), missing.stderr
+
+
 def test_sweep_skips_runs_whose_notebook_resolved_or_logged_other_values(tmp_path):
     """A notebook may log resolved parameters (depth 0 -> 4) over its inputs; --skip-existing
     reads the inputs from the output notebook, and matches runs copied from another checkout

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workbench: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, (StoreError, KeyError)):
-            print(f"workbench: error: {exc}", file=sys.stderr)
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # unquoted
+            print(f"workbench: error: {message}", file=sys.stderr)
             return 1
         raise
 

@@ -130,13 +130,21 @@ def step_benchmark_records(path: str | Path) -> list[RunRecord]:
 
 
 def benchmark_records(path: str | Path) -> list[RunRecord]:
-    """Records for any benchmark result file, by its ``benchmark`` field (Monarch by default)."""
+    """Records for any benchmark result file, by its ``benchmark`` field (Monarch by default).
+    A file whose rows lack a field or hold the wrong kind of value raises ValueError naming the
+    file and the field."""
     try:
         kind = json.loads(Path(path).read_text()).get("benchmark")
     except (OSError, ValueError, AttributeError):
         kind = None  # the Monarch reader names the problem
-    if kind == "semi_structured":
-        return semi_structured_benchmark_records(path)
-    if kind == "monarch_step":
-        return step_benchmark_records(path)
-    return monarch_benchmark_records(path)
+    reader, what = {"semi_structured": (semi_structured_benchmark_records, "semi-structured"),
+                    "monarch_step": (step_benchmark_records, "Monarch training-step")}.get(
+        kind, (monarch_benchmark_records, "Monarch"))
+    try:
+        return reader(path)
+    except KeyError as exc:
+        raise ValueError(f"{path} is not a {what} benchmark result: a row has no "
+                         f"field {exc}") from exc
+    except (TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+        raise ValueError(f"{path} is not a {what} benchmark result: a row is malformed "
+                         f"({type(exc).__name__}: {exc})") from exc
