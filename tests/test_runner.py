@@ -1,5 +1,6 @@
 """`workbench run`: parameters checked before any kernel, failures recorded with their notebook."""
 import json
+import signal
 import subprocess
 import time
 
@@ -282,3 +283,31 @@ def test_an_unusable_variant_is_left_out_and_named_in_the_run_error(tmp_path):
     assert "variant 1 not recorded" in records["parent"].error
     assert "'method' must be a non-empty string" in records["parent"].error
     assert records["dense"].status == "ok" and records["dense"].device
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_sweep_stops_its_running_setting_and_names_those_not_run(signum):
+    """SIGTERM (or Ctrl-C) once ended the sweep alone: its running child went on and was
+    recorded ok later. The signal is passed on to the child, which records its run as failed;
+    the sweep waits for it, names the settings it did not start and exits non-zero."""
+    store = RunStore()
+    sweep = subprocess.Popen(workbench_cmd("sweep", TINY, "-g", "x", "1,2,3", "-p", "stall", "15"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli_env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(
+                store.artifacts_root.glob("*/results.json")):  # the first setting is stalling
+            time.sleep(0.3)
+        time.sleep(1.0)
+        sweep.send_signal(signum)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 128 + signum, stderr
+    assert "2 settings not run" in stderr, stderr
+    assert "[2/3] {'stall': '15', 'x': '2'}" in stderr and "[3/3]" in stderr
+    runs = list(store.records(method="tiny"))  # the sweep ended after its child: all is stored
+    assert len(runs) == 1 and runs[0].parameters["x"] == 1, [r.flat() for r in runs]
+    assert runs[0].status == "failed" and "interrupted" in runs[0].error

@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -148,27 +149,76 @@ def _sweep(args) -> int:
     resolved = [resolve_parameters(declared, setting, Path(args.notebook).name)
                 for setting in settings]  # check every setting before running any
     done = _finished_settings(args) if args.skip_existing else []
-    failures = 0
-    for i, (setting, values) in enumerate(zip(settings, resolved), 1):
-        # every parameter counts, not only those given: a run with another value of a
-        # parameter left at its default does not cover this setting; a parameter the notebook
-        # did not have yet when a run was made counts as its default
-        if any(all(p.get(k, declared[k].default) == v for k, v in values.items())
-               for p in done):
-            print(f"[{i}/{len(settings)}] {setting}: already done, skipped", file=sys.stderr)
-            continue
-        print(f"[{i}/{len(settings)}] {setting}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, "-m", "workbench.cli"]
-        if args.store:
-            cmd += ["--store", args.store]
-        cmd += ["run", args.notebook, "--no-progress"]
-        if args.cell_timeout:
-            cmd += ["--cell-timeout", str(args.cell_timeout)]
-        for name, value in setting.items():
-            cmd += ["-p", name, str(value)]
-        failures += subprocess.run(cmd).returncode != 0
-    print(f"sweep: {len(settings) - failures} ok, {failures} failed", file=sys.stderr)
+    failures, not_run = 0, []
+    with _ForwardSignals() as children:
+        for i, (setting, values) in enumerate(zip(settings, resolved), 1):
+            if children.received:  # stopped by a signal: start no further setting
+                not_run.append(f"[{i}/{len(settings)}] {setting}")
+                continue
+            # every parameter counts, not only those given: a run with another value of a
+            # parameter left at its default does not cover this setting; a parameter the
+            # notebook did not have yet when a run was made counts as its default
+            if any(all(p.get(k, declared[k].default) == v for k, v in values.items())
+                   for p in done):
+                print(f"[{i}/{len(settings)}] {setting}: already done, skipped",
+                      file=sys.stderr)
+                continue
+            print(f"[{i}/{len(settings)}] {setting}", file=sys.stderr, flush=True)
+            failures += children.run(_run_command(args, setting)) != 0
+    print(f"sweep: {len(settings) - failures - len(not_run)} ok, {failures} failed",
+          file=sys.stderr)
+    if children.received:
+        print(f"sweep: stopped by {signal.Signals(children.received).name}; "
+              f"{len(not_run)} settings not run:", *not_run, sep="\n  ", file=sys.stderr)
+        return 128 + children.received
     return 1 if failures else 0
+
+
+def _run_command(args, setting: dict) -> list[str]:
+    """The ``workbench run`` command line of one sweep setting."""
+    cmd = [sys.executable, "-m", "workbench.cli"]
+    if args.store:
+        cmd += ["--store", args.store]
+    cmd += ["run", args.notebook, "--no-progress"]
+    if args.cell_timeout:
+        cmd += ["--cell-timeout", str(args.cell_timeout)]
+    for name, value in setting.items():
+        cmd += ["-p", name, str(value)]
+    return cmd
+
+
+class _ForwardSignals:
+    """While in use, SIGTERM and SIGINT (Ctrl-C) do not stop the sweep: they are passed on to
+    the running child, whose executor records its run as interrupted, and ``received`` keeps
+    the signal so that the sweep starts no further setting. Each child has its own process
+    group, so a Ctrl-C in the terminal reaches it once, through the sweep."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.child: subprocess.Popen | None = None
+
+    def __enter__(self) -> "_ForwardSignals":
+        self.previous = {signum: signal.signal(signum, self._forward) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _forward(self, signum, frame) -> None:
+        self.received = signum
+        if self.child is not None:
+            self.child.send_signal(signum)  # a no-op once the child has ended
+
+    def run(self, cmd: list[str]) -> int:
+        """Run ``cmd`` to its end (even when a signal came meanwhile); its exit status."""
+        self.child = subprocess.Popen(cmd, process_group=0)
+        try:
+            return self.child.wait()
+        finally:
+            self.child = None
 
 
 def _finished_settings(args) -> list[dict]:
