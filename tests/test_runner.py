@@ -311,3 +311,16 @@ def test_a_signalled_sweep_stops_its_running_setting_and_names_those_not_run(sig
     runs = list(store.records(method="tiny"))  # the sweep ended after its child: all is stored
     assert len(runs) == 1 and runs[0].parameters["x"] == 1, [r.flat() for r in runs]
     assert runs[0].status == "failed" and "interrupted" in runs[0].error
+
+
+def test_a_notebook_without_kernel_or_language_metadata_runs(tmp_path):
+    """Once failed with "No language found in notebook": the runner picks the kernel, so it
+    tells papermill the language too."""
+    path = _notebook(tmp_path, "bare.ipynb", "print('ran', x)")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata = {}
+    nbformat.write(nb, path)
+    result = run_cli("run", path, "-p", "x", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    record = RunStore().get(result.stdout.strip().splitlines()[-1])
+    assert record.status == "ok" and record.parameters == {"x": 2}

@@ -84,9 +84,11 @@ def execute(notebook: str | Path, given: dict[str, Any] | None = None, *,
 
 def _papermill(notebook: Path, output: Path, values: dict, kernel: str,
                cell_timeout: float | None, progress: bool) -> None:
+    """Execute ``notebook`` into ``output``. The language is given, not read from the
+    notebook's metadata (which may have none): the kernel is always a Python one."""
     import papermill
     papermill.execute_notebook(
-        str(notebook), str(output), parameters=values, kernel_name=kernel,
+        str(notebook), str(output), parameters=values, kernel_name=kernel, language="python",
         cwd=str(notebook.parent), progress_bar=progress, request_save_on_cell_execute=True,
         execution_timeout=cell_timeout, log_output=False)
 
