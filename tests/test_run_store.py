@@ -119,6 +119,22 @@ def test_store_accepts_sqlalchemy_url(tmp_path):
     assert store.artifacts_root == (tmp_path / "artifacts").resolve()
 
 
+@pytest.mark.parametrize("given, absolute", [
+    ("sqlite:///rel.sqlite", "sqlite:///{cwd}/rel.sqlite"),
+    ("sqlite+pysqlite:///sub/rel.db?timeout=3", "sqlite+pysqlite:///{cwd}/sub/rel.db?timeout=3"),
+    ("sqlite:///{cwd}/abs.sqlite", "sqlite:///{cwd}/abs.sqlite"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite://", "sqlite://"),
+])
+def test_a_relative_sqlite_url_is_made_absolute(tmp_path, monkeypatch, given, absolute):
+    """The store URL is handed to notebook kernels, which run in another folder: a relative
+    SQLite URL once reached them as written and opened another file there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    cwd = str(tmp_path.resolve())
+    assert RunStore(given.format(cwd=cwd)).url == absolute.format(cwd=cwd)
+
+
 def test_export_frame_roundtrip_csv_parquet(tmp_path):
     import pandas as pd
     store = RunStore()

@@ -324,3 +324,21 @@ def test_a_notebook_without_kernel_or_language_metadata_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     record = RunStore().get(result.stdout.strip().splitlines()[-1])
     assert record.status == "ok" and record.parameters == {"x": 2}
+
+
+def test_a_relative_sqlite_store_url_names_the_same_store_in_the_kernel(tmp_path):
+    """The kernel runs in the notebook's folder; a relative --store sqlite:///... URL once
+    reached it as written, so RunStore() in the notebook opened another file there."""
+    (tmp_path / "sub").mkdir()
+    code = ("from workbench.runs import RunStore, log_results\n"
+            "log_results(method='where', metrics={'store': RunStore().url})")
+    path = _notebook(tmp_path / "sub", "where.ipynb", code)
+    result = subprocess.run(workbench_cmd("--store", "sqlite:///rel.sqlite", "run", path,
+                                          "--no-progress"),
+                            capture_output=True, text=True, timeout=300, env=cli_env(),
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    store = RunStore(tmp_path / "rel.sqlite")
+    record = store.get(result.stdout.strip().splitlines()[-1])
+    assert record.metrics["store"] == store.url
+    assert not (tmp_path / "sub" / "rel.sqlite").exists()

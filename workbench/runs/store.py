@@ -78,13 +78,29 @@ def resolve_store_url(store: "str | os.PathLike | RunStore | None" = None) -> st
     if not value:
         value = str(default_store_path())
     if "://" in value:
-        return value
+        return _absolute_sqlite(value)
     path = Path(value).expanduser().resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot open run store {path}: cannot create its folder: {exc}") from exc
     return f"sqlite:///{path}"
+
+
+def _absolute_sqlite(url: str) -> str:
+    """``url`` with a relative SQLite database path (``sqlite:///runs.sqlite``) made absolute,
+    so that it names the same file from any folder, as in a notebook kernel, which runs in the
+    notebook's folder; other URLs (in-memory, ``file:`` URIs, other databases) unchanged."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:  # not a URL: left for create_engine to refuse
+        return url
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or Path(database).is_absolute()):
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(
+        hide_password=False)
 
 
 class RunStore:
