@@ -192,6 +192,27 @@ def test_cli_names_a_store_that_cannot_be_opened(tmp_path):
     assert f"cannot open run store sqlite:///{tmp_path / 'notes.txt'}" in done.stderr
 
 
+def test_cli_show_prints_strict_json_for_nan_and_infinity(capsys):
+    """`runs show` once printed NaN and Infinity, which strict JSON readers refuse; they are
+    printed as null, and the store keeps them."""
+    import math
+    from workbench.cli import main
+    store = RunStore()
+    record = RunRecord(method="dense", metrics={"loss": float("nan"), "accuracy": 0.5},
+                       cost={"latency_ms": float("inf")},
+                       parameters={"bounds": [float("-inf"), 1.0]})
+    store.add(record)
+    assert main(["runs", "show", record.run_id]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    shown = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert shown["metrics"] == {"loss": None, "accuracy": 0.5}
+    assert shown["cost"] == {"latency_ms": None} and shown["parameters"]["bounds"] == [None, 1.0]
+    kept = store.get(record.run_id)
+    assert math.isnan(kept.metrics["loss"]) and kept.cost["latency_ms"] == float("inf")
+
+
 def test_cli_exports_parameters_of_mixed_types_to_parquet(tmp_path, capsys):
     """A parameter that is 4 in one run and [4, 16] in another (JSON text in the table) made
     pyarrow refuse the column, so the shipped demo store could not be exported to parquet."""

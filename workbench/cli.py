@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -259,8 +260,21 @@ def _runs_list(args) -> int:
 
 
 def _runs_show(args) -> int:
-    print(json.dumps(_store(args).get(args.run_id).to_dict(), indent=2))
+    record = _store(args).get(args.run_id).to_dict()
+    print(json.dumps(_finite_or_null(record), indent=2, allow_nan=False))
     return 0
+
+
+def _finite_or_null(value):
+    """``value`` with NaN and +-Infinity, which strict JSON has no words for, made None (null)
+    at any depth; the store keeps them as they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def _runs_export(args) -> int:
