@@ -245,6 +245,14 @@ def _fold_backward(info, dy, x, w1p, w2, mid):
     return dx, dw1, dw2
 
 
+def bmm_into_grouped(a: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a (b, T, k), b_ (b, k, n))`` written by cuBLAS straight into the grouped
+    layout (T, b, n) (output row stride b·n, batch stride n): no copy."""
+    out = a.new_empty(a.shape[1], a.shape[0], b_.shape[2])
+    torch.bmm(a, b_, out=out.transpose(0, 1))
+    return out
+
+
 def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = None,
                backend: str = "torch") -> torch.Tensor:
     """Stage 2 on the grouped middle m (T, b, q) by one batched GEMM (cuBLAS reads m's
@@ -252,9 +260,7 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = Non
     y[t, s'·b + l] = Y[l, t, s'] -> (T, b·s). With the Triton copies, cuBLAS writes Y grouped
     (T, b, s) through strides and the copy is a per-row transpose."""
     if _triton_copies(overrides or {}, backend):
-        T, b, s = mid.shape[0], mid.shape[1], w2.shape[1]
-        yg = mid.new_empty(T, b, s)
-        torch.bmm(mid.transpose(0, 1), w2.transpose(1, 2), out=yg.transpose(0, 1))
+        yg = bmm_into_grouped(mid.transpose(0, 1), w2.transpose(1, 2))  # (T, b, s)
         return _ungroup(yg, overrides, backend)
     Y = torch.bmm(mid.transpose(0, 1), w2.transpose(1, 2))
     return Y.permute(1, 2, 0).reshape(mid.shape[0], -1)
@@ -305,8 +311,7 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
     if need_w2:
         dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))  # (b, s, q)
     if need_x or need_w1:
-        dm = x.new_empty(T, b, q)
-        torch.bmm(dyT, w2, out=dm.transpose(0, 1))                 # dm[t, l, r]
+        dm = bmm_into_grouped(dyT, w2)                             # dm[t, l, r]
         if info.fold:
             names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
         else:  # natural order dh[t, r·b + l] = dm[t, l, r]
