@@ -29,7 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.structures import MonarchLinear  # noqa: E402
-from workbench.structures.monarch_kernels import (can_fold, monarch_multiply_fast,  # noqa: E402
+from workbench.structures.monarch_kernels import (COPIES_DEFAULT, can_fold,  # noqa: E402
+                                                  monarch_multiply_fast, use_cublas_stage1,
                                                   use_cublas_stage2, use_fold)
 
 TARGET_FRACTION = 0.7   # of the FLOP-ratio speedup, at n >= 4096 and nblocks 4 and 16
@@ -122,12 +123,14 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
         variants["fast_fold" if other["fold"] else "fast_copy"] = (
             lambda v, other=other: monarch_multiply_fast(v, layer.w1, layer.w2, n, impl=impl,
                                                          overrides=other))
-    if row["fold"]:  # the fold's stage 1 on cuBLAS (b batched GEMMs per product), side by side
-        variants["fast_stage1_cublas"] = lambda v: monarch_multiply_fast(
-            v, layer.w1, layer.w2, n, impl=impl, overrides={"stage1": "cublas"})
-    if cuda:  # the grouping copies as a Triton per-row transpose, side by side
-        variants["fast_triton_copies"] = lambda v: monarch_multiply_fast(
-            v, layer.w1, layer.w2, n, impl=impl, overrides={"copies": "triton"})
+    if row["fold"]:  # the fold's stage 1 on the other back end (cuBLAS or Triton), side by side
+        other1 = "triton" if use_cublas_stage1({}, b, layer.mid_block) else "cublas"
+        variants[f"fast_stage1_{other1}"] = lambda v: monarch_multiply_fast(
+            v, layer.w1, layer.w2, n, impl=impl, overrides={"stage1": other1})
+    if cuda:  # the grouping copies the other way (torch's strided copy or Triton), side by side
+        copies = "torch" if COPIES_DEFAULT == "triton" else "triton"
+        variants[f"fast_{copies}_copies"] = lambda v: monarch_multiply_fast(
+            v, layer.w1, layer.w2, n, impl=impl, overrides={"copies": copies})
     # stage 2 on the other back end (cuBLAS batched GEMMs or the Triton kernel), side by side
     other2 = "triton" if use_cublas_stage2({}) else "cublas"
     variants[f"fast_stage2_{other2}"] = lambda v: monarch_multiply_fast(
@@ -307,10 +310,12 @@ def print_table(rows) -> None:
         s = r["speedup_fwd_bwd"]
         ok = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["targets"].items())
         for alt in ("fast_copy", "fast_fold", "fast_stage2_cublas", "fast_stage2_triton",
-                    "fast_stage1_cublas", "fast_triton_copies"):
+                    "fast_stage1_cublas", "fast_stage1_triton", "fast_triton_copies",
+                    "fast_torch_copies", "dense_weight"):
             if alt in t:
+                graphed = t[alt].get("fwd_bwd_graph", {}).get("median_ms", float("nan"))
                 ok = (f"{alt} f+b {t[alt]['fwd_bwd']['median_ms']:.3f} "
-                      f"fwd {t[alt]['fwd']['median_ms']:.3f} | " + ok)
+                      f"(graphed {graphed:.3f}) | " + ok)
         if "speedup_fwd_bwd_graph" in r:
             g = r["speedup_fwd_bwd_graph"]
             fbg = "/".join(f"{t[k]['fwd_bwd_graph']['median_ms']:.3f}"

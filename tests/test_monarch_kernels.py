@@ -92,9 +92,11 @@ def test_fold_rows_round_trip_and_policy():
     assert not use_fold({"gather": True}, 4, 64) and not use_fold({"fold": False}, 4, 64)
     assert not use_fold({"store": "strided"}, 4, 64) and use_fold({}, 4, 64)
     assert use_cublas_stage2({"stage2": "cublas"}) and not use_cublas_stage2({"stage2": "triton"})
-    assert use_cublas_stage1({"stage1": "cublas"}) and not use_cublas_stage1({})
+    assert use_cublas_stage1({"stage1": "cublas"}, 16, 256)
+    assert not use_cublas_stage1({"stage1": "triton"}, 4, 1024)
+    assert use_cublas_stage1({}, 4, 1024) and not use_cublas_stage1({}, 4, 512)  # runs 256, 128
     with pytest.raises(ValueError, match="stage1"):
-        use_cublas_stage1({"stage1": "cutlass"})
+        use_cublas_stage1({"stage1": "cutlass"}, 4, 1024)
     with pytest.raises(ValueError, match="copies"):
         monarch_multiply_fast(torch.randn(2, 64), *MonarchLinear(64, 64, 4, bias=False).parameters(), 64,
                               impl="torch", overrides={"copies": "numpy"})

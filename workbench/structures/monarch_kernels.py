@@ -44,14 +44,18 @@ from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # 
 IMPLS = ("auto", "plain", "torch", "triton", "dense")
 
 
-@torch.compiler.assume_constant_result  # Dynamo calls it once while tracing, not through the cache
-@functools.lru_cache(maxsize=1)
+_TRITON_IMPORTS: list = []  # the answer of triton_available, once known
+
+
+@torch.compiler.assume_constant_result  # Dynamo calls it once while tracing and keeps the answer
 def triton_available() -> bool:
-    try:
-        from . import monarch_triton  # noqa: F401
-    except Exception:  # ImportError, or a Triton that cannot initialise
-        return False
-    return True
+    if not _TRITON_IMPORTS:
+        try:
+            from . import monarch_triton  # noqa: F401
+            _TRITON_IMPORTS.append(True)
+        except Exception:  # ImportError, or a Triton that cannot initialise
+            _TRITON_IMPORTS.append(False)
+    return _TRITON_IMPORTS[0]
 
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
@@ -141,7 +145,7 @@ def fast_forward(x, w1, w2, backend, overrides):
     info = ForwardPass(sizes, backend, ov, fold, cublas)
     if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
         w1c = fold_rows(w1c)
-        if use_cublas_stage1(ov):
+        if use_cublas_stage1(ov, b, q):
             mid = stage1_bmm(x, w1c, b)
         else:
             mid = x.new_empty(T, b, q)
@@ -266,10 +270,11 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = Non
     return Y.permute(1, 2, 0).reshape(mid.shape[0], -1)
 
 
-# The grouping copies (m from h, dy grouped, outputs back to natural order) by torch's strided
-# copy ("torch", 1.7-1.9 TB/s on the H200) or by a Triton per-row transpose ("triton": loads
-# and stores whole contiguous runs; not measured yet, so opt-in: overrides={"copies": "triton"}).
-COPIES_DEFAULT = "torch"
+# The grouping copies (m from h, dy grouped, outputs back to natural order) by a Triton per-row
+# transpose ("triton", ``row_transpose``: 3.8-3.9 TB/s at n >= 4096 on the H200, within 6% of
+# a plain clone of the same bytes) or by torch's strided copy ("torch": 1.4-1.9 TB/s at b <= 16,
+# 0.9 at b = 64). benchmarks/results/monarch_copies_h200.json has the sweep.
+COPIES_DEFAULT = "triton"
 
 
 def _triton_copies(overrides: dict, backend: str) -> bool:
@@ -343,9 +348,11 @@ def use_cublas_stage2(overrides: dict) -> bool:
     return choice == "cublas"
 
 
-# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN: runs
-# of 8 (16 B) made the fold products 1.2-3.8x slower than a plain product plus a copy (H200,
-# n=2048, b=16; benchmarks/NOTES.md, 2026-11-30).
+# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN. Runs
+# of 8 (16 B) make the fold products 1.2-3.8x slower than a plain product plus a copy (H200,
+# n=2048, b=16): under CUDA graphs the copy plan took 0.57 ms fwd+bwd there against the
+# fold's 0.76 (eager, where launches rule, the fold's fewer kernels won: 0.90 vs 1.21 ms;
+# benchmarks/NOTES.md, v8).
 FOLD_MIN_RUN = 16
 
 
@@ -363,18 +370,21 @@ def use_fold(overrides: dict, b: int, q: int) -> bool:
 
 # The fold's stage-1 forward and weight gradient on cuBLAS ("cublas": per middle group l one
 # batched GEMM over the blocks k, reading / writing the grouped middle through strides) or on
-# the two-level Triton kernel ("triton"). Its GEMMs are (T x p) @ (p x q/b): for q/b >= 64
-# cuBLAS may beat the Triton kernel's ~500 TFLOP/s (cuBLAS: ~725 in stage 2); not measured
-# yet, so opt-in (overrides={"stage1": "cublas"}; benchmarks/monarch.py times it side by side).
-STAGE1_DEFAULT = "triton"
+# the two-level Triton kernel ("triton"). Its GEMMs are (T x p) @ (p x q/b), so cuBLAS wins
+# where the runs q/b are long: on the H200 (v7, fwd+bwd) 1.72 vs 1.84 ms at (4096, 4) and
+# 5.70 vs 6.39 at (8192, 4) (runs of 256 and 512), but 1.37 vs 1.06 at (2048, 4) (128) and
+# 2.2 vs 1.0 at (4096, 16) (16). Default: cuBLAS where q/b >= STAGE1_CUBLAS_MIN_RUN.
+STAGE1_CUBLAS_MIN_RUN = 256
 
 
-def use_cublas_stage1(overrides: dict) -> bool:
+def use_cublas_stage1(overrides: dict, b: int, q: int) -> bool:
     """Whether the fold plan's stage-1 forward and weight gradient run on cuBLAS:
-    ``overrides["stage1"]`` if given, else ``STAGE1_DEFAULT``."""
-    choice = overrides.get("stage1", STAGE1_DEFAULT)
-    if choice not in ("triton", "cublas"):
-        raise ValueError(f"monarch: stage1 must be 'triton' or 'cublas', got {choice!r}")
+    ``overrides["stage1"]`` if given, else where q/b >= ``STAGE1_CUBLAS_MIN_RUN``."""
+    choice = overrides.get("stage1", "auto")
+    if choice not in ("auto", "triton", "cublas"):
+        raise ValueError(f"monarch: stage1 must be 'auto', 'triton' or 'cublas', got {choice!r}")
+    if choice == "auto":
+        return q // b >= STAGE1_CUBLAS_MIN_RUN
     return choice == "cublas"
 
 
@@ -406,7 +416,7 @@ def stage1_weight_grad_bmm(dm: torch.Tensor, x: torch.Tensor, b: int) -> torch.T
 
 def _fold_weight_grad(dm, x, w1p, sizes, backend, overrides):
     """dw1p, row-folded (b, q, p), from the grouped dm: cuBLAS or the Triton kernel."""
-    if use_cublas_stage1(overrides):
+    if use_cublas_stage1(overrides, sizes[1], sizes[3]):
         return stage1_weight_grad_bmm(dm, x, sizes[1]).to(w1p.dtype)
     return _weight_grad("dw1p=dm'x", dm, x, w1p, sizes, backend, overrides)
 
