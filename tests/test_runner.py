@@ -163,6 +163,15 @@ def test_import_benchmark_results_once(tmp_path):
     dense = [r for r in records if r.method == "dense"]
     assert all(r.metrics["fwd_bwd_speedup_vs_dense"] == 1.0 for r in dense)
     assert all(r.device == "NVIDIA H200" for r in records)
+    # device time under CUDA graphs, where the file has it: the fast path's ratio to dense
+    rows = {(row["n"], row["nblocks"]): row for row in json.loads(result_file.read_text())["rows"]}
+    fast = [r for r in records if r.method == "monarch"]
+    assert fast and all("fwd_bwd_graph_ms" in r.cost for r in fast)
+    for r in fast:
+        times = rows[(r.parameters["n"], r.parameters["nblocks"])]["times"]
+        want = (times["dense"]["fwd_bwd_graph"]["median_ms"]
+                / times["fast"]["fwd_bwd_graph"]["median_ms"])
+        assert r.metrics["fwd_bwd_graph_speedup_vs_dense"] == pytest.approx(want)
     again = run_cli("runs", "import-benchmark", str(result_file))
     assert "imported 0 runs" in again.stdout and len(RunStore()) == len(records)
     (tmp_path / "bad.json").write_text("{}")
