@@ -123,10 +123,10 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
         variants["fast_fold" if other["fold"] else "fast_copy"] = (
             lambda v, other=other: monarch_multiply_fast(v, layer.w1, layer.w2, n, impl=impl,
                                                          overrides=other))
-    if row["fold"]:  # the fold's stage 1 on the other back end (cuBLAS or Triton), side by side
-        other1 = "triton" if use_cublas_stage1({}, b, layer.mid_block) else "cublas"
-        variants[f"fast_stage1_{other1}"] = lambda v: monarch_multiply_fast(
-            v, layer.w1, layer.w2, n, impl=impl, overrides={"stage1": other1})
+    # the first factor's products on the other back end (cuBLAS or Triton), side by side
+    other1 = "triton" if use_cublas_stage1({}, b, layer.mid_block, row["fold"]) else "cublas"
+    variants[f"fast_stage1_{other1}"] = lambda v: monarch_multiply_fast(
+        v, layer.w1, layer.w2, n, impl=impl, overrides={"stage1": other1})
     if cuda:  # the grouping copies the other way (torch's strided copy or Triton), side by side
         copies = "torch" if COPIES_DEFAULT == "triton" else "triton"
         variants[f"fast_{copies}_copies"] = lambda v: monarch_multiply_fast(

@@ -19,16 +19,18 @@ from workbench.structures import MonarchLinear, monarch_multiply
 from workbench.structures.monarch_kernels import fast_backward, fast_forward
 torch.manual_seed(0)
 worst = 0.0
-for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16)]:   # fold, padded copy, copy
+for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16)]:   # foldable, padded, runs of 1
     layer = MonarchLinear(i, o, b, bias=False)
     x, dy = torch.randn(33, layer.in_ext), torch.randn(33, layer.out_ext)
     w1, w2 = layer.w1.detach(), layer.w2.detach()
     ref = [t.double().requires_grad_(True) for t in (x, w1, w2)]
     y_ref = monarch_multiply(*ref, layer.out_ext)
     want = (y_ref,) + torch.autograd.grad(y_ref, ref, dy.double())
-    for ov in ({}, {"fold": False}, {"stage2": "triton"}, {"stage1": "cublas"},
-               {"copies": "triton"}, {"copies": "triton", "stage2": "triton"},
-               {"copies": "triton", "stage1": "cublas"}):
+    for ov in ({}, {"stage1": "triton"}, {"stage2": "triton"}, {"copies": "torch"},
+               {"stage1": "triton", "stage2": "triton", "copies": "torch"},
+               {"fold": True}, {"fold": True, "stage2": "triton"},
+               {"fold": True, "stage1": "cublas"}, {"fold": True, "copies": "torch"},
+               {"fold": True, "stage2": "triton", "copies": "torch"}):
         y, saved, info = fast_forward(x, w1, w2, "triton", ov)
         got = (y,) + fast_backward(info, saved, dy)
         for g, w in zip(got, want):

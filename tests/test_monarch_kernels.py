@@ -41,7 +41,10 @@ def test_torch_plan_matches_dense_and_plain_float64(i, o, b):
     layer.impl = "plain"
     want = forward_and_grads(layer, x, dy)
     for overrides in (None, {"store": "copy"}, {"gather": True}, {"stage2": "cublas"},
-                      {"stage2": "cublas", "fold": False}):
+                      {"stage2": "cublas", "fold": False}, {"stage1": "cublas"},
+                      {"stage1": "cublas", "stage2": "triton"},
+                      {"stage1": "cublas", "fold": False},
+                      {"stage1": "cublas", "fold": False, "stage2": "triton"}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -59,11 +62,14 @@ def test_fold_plan_matches_plain_float64(i, o, b):
     index) computes the same forward and gradients as the plain path."""
     torch.manual_seed(1)
     layer = MonarchLinear(i, o, b, dtype=torch.float64, impl="plain", bias=False)
-    assert can_fold(layer.nblocks, layer.mid_block) and use_fold({}, b, layer.mid_block)
+    assert can_fold(layer.nblocks, layer.mid_block) and use_fold({"fold": True}, b,
+                                                                 layer.mid_block)
     x, dy = torch.randn(9, i, dtype=torch.float64), torch.randn(9, o, dtype=torch.float64)
     want = forward_and_grads(layer, x, dy)
-    for overrides in (None, {"fold": True}, {"stage2": "cublas"}, {"stage1": "cublas"},
-                      {"stage1": "cublas", "stage2": "triton"}):
+    for overrides in ({"fold": True}, {"fold": True, "stage2": "cublas"},
+                      {"fold": True, "stage1": "cublas"},
+                      {"fold": True, "stage1": "cublas", "stage2": "triton"},
+                      {"fold": True, "stage1": "triton"}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -90,11 +96,14 @@ def test_fold_rows_round_trip_and_policy():
     assert torch.equal(w1p[1, 2 * 8 + 3], w1[1, 3 * 4 + 2])  # w1p[k, l·q/b + r] = w1[k, r·b + l]
     assert not can_fold(4, 30) and not can_fold(16, 64) and can_fold(16, 128)
     assert not use_fold({"gather": True}, 4, 64) and not use_fold({"fold": False}, 4, 64)
-    assert not use_fold({"store": "strided"}, 4, 64) and use_fold({}, 4, 64)
+    assert not use_fold({"store": "strided"}, 4, 64) and use_fold({"fold": True}, 4, 64)
+    assert not use_fold({}, 4, 64)  # the copy plan is the default
     assert use_cublas_stage2({"stage2": "cublas"}) and not use_cublas_stage2({"stage2": "triton"})
     assert use_cublas_stage1({"stage1": "cublas"}, 16, 256)
     assert not use_cublas_stage1({"stage1": "triton"}, 4, 1024)
     assert use_cublas_stage1({}, 4, 1024) and not use_cublas_stage1({}, 4, 512)  # runs 256, 128
+    assert use_cublas_stage1({}, 16, 64, fold=False)  # the copy plan: always
+    assert use_cublas_stage1({"stage1": "cublas"}, 4, 1024, fold=False)
     with pytest.raises(ValueError, match="stage1"):
         use_cublas_stage1({"stage1": "cutlass"}, 4, 1024)
     with pytest.raises(ValueError, match="copies"):
@@ -255,7 +264,7 @@ def test_triton_fold_and_copy_plans_agree(i, o, b):
     torch.manual_seed(2)
     dev = torch.device("cuda")
     layer = MonarchLinear(i, o, b, device=dev, dtype=torch.bfloat16, bias=False)
-    assert use_fold({}, layer.nblocks, layer.mid_block)
+    assert can_fold(layer.nblocks, layer.mid_block)
     x = torch.randn(777, i, device=dev, dtype=torch.bfloat16)
     dy = torch.randn(777, o, device=dev, dtype=torch.bfloat16)
     out = []
@@ -263,7 +272,8 @@ def test_triton_fold_and_copy_plans_agree(i, o, b):
             (True, "triton", "triton", "torch"), (False, "triton", "triton", "torch"),
             (True, "cublas", "triton", "torch"), (False, "cublas", "triton", "torch"),
             (True, "cublas", "cublas", "torch"), (True, "cublas", "triton", "triton"),
-            (False, "cublas", "triton", "triton"), (False, "triton", "triton", "triton")):
+            (False, "cublas", "triton", "triton"), (False, "triton", "triton", "triton"),
+            (False, "cublas", "cublas", "triton")):
         torch.full((777 * 4 * max(i, o),), float("nan"), device=dev, dtype=torch.bfloat16)
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="triton",

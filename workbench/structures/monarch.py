@@ -38,13 +38,13 @@ class MonarchLinear(nn.Module):
     ``nn.Linear``'s default init for unit-variance inputs (1/3); ``"reference"`` is the public
     reference code's ``U(±1/√fan_in)`` per factor, which starts about √3 times quieter.
     ``impl``: how forward multiplies, see ``monarch_kernels.resolve_impl``: ``"auto"`` (default:
-    the Triton kernels for bf16/fp16 CUDA inputs, else ``"plain"``), ``"plain"`` (two bmm with
-    permutation copies), ``"torch"`` or ``"triton"`` (the permutation-free plan), ``"dense"``
-    (the weight built from the factors, ``monarch_weight``, then one dense GEMM: dense speed and
-    dense FLOPs, for layers too small for the structured products to pay on a GPU). On the
-    H200 (benchmarks/NOTES.md, 2026-11-30) the structured products beat dense from n = 4096;
-    below n ~ 2048, under CUDA graphs, ``"dense"`` was the faster Monarch path (0.19 vs
-    0.31-0.39 ms fwd+bwd at n = 1024, 16384 tokens); neither beat dense there.
+    the fast plan for bf16/fp16 CUDA inputs, else ``"plain"``), ``"plain"`` (two bmm with
+    permutation copies), ``"torch"`` or ``"triton"`` (the fast plan: strided cuBLAS GEMMs and
+    Triton transposes), ``"dense"`` (the weight built from the factors, ``monarch_weight``,
+    then one dense GEMM: dense speed and dense FLOPs). On the H200 (benchmarks/NOTES.md,
+    2026-11-30) the fast plan's fwd+bwd beat dense from n = 4096 eager and from n = 2048 under
+    CUDA graphs (1.1-1.5x at n = 2048, b = 4-16); at n = 1024 neither it (0.22-0.24 ms) nor
+    ``"dense"`` (0.19 ms) beat dense (0.16 ms, 16384 tokens, CUDA graphs).
     Input (..., in_features) -> output (..., out_features).
     """
 

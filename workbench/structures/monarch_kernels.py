@@ -1,5 +1,6 @@
-"""Fast Monarch multiply: every product of the forward and backward pass as a strided batched
-matrix product run by one Triton kernel (``monarch_triton``), P1 and P2 handled by strides.
+"""Fast Monarch multiply: the six products of the forward and backward pass as batched GEMMs
+on strided views (cuBLAS) or on one strided batched-GEMM Triton kernel (``monarch_triton``),
+with P1 and P2 handled by strides and four grouping copies.
 
 Notation as in ``monarch.py``: tokens ``T``, ``b`` blocks, w1 (b, q, p), w2 (b, s, q), padded
 input x (T, b·p), middle h (T, b·q) in its natural order ``j = k·q + i``, output y (T, b·s):
@@ -7,23 +8,23 @@ input x (T, b·p), middle h (T, b·q) in its natural order ``j = k·q + i``, out
     stage 1, batch k:  h[t, k·q + i]  = Σ_p x[t, k·p + p'] · w1[k, i, p']
     stage 2, batch l:  y[t, s'·b + l] = Σ_r h[t, r·b + l]  · w2[l, s', r]     (j = r·b + l)
 
-Stage 1 and its gradients read and write contiguous rows directly. Stage 2's batch ``l`` is the
+Stage 1 and its gradients read and write contiguous rows of each block, so they are batched
+GEMMs over the blocks k on strided views (``natural_stage1_bmm``). Stage 2's batch ``l`` is the
 stride-1 index of h and y, and on the H200 every way of addressing that in place was slow
 (3-D tiles: 25 TFLOP/s; stride-b stores: 0.1-0.2 TB/s; benchmarks/NOTES.md), so the default
-plan makes one grouping copy per pass — m[t, l, r] = h[t, r·b + l] forward, dy grouped the same
-way backward — and copies each stage-2 output back to natural order: four copies per
-forward+backward instead of the plain path's ~ten, and all six GEMMs on contiguous tiles.
-The "fold" plan (default where b divides q and q/b >= ``FOLD_MIN_RUN`` = 16) removes the two
+plan (the "copy" plan) makes one grouping copy per pass — m[t, l, r] = h[t, r·b + l] forward,
+dy grouped the same way backward — and copies each stage-2 output back to natural order: four
+copies per forward+backward instead of the plain path's ~ten, all six GEMMs on contiguous
+operands, run by cuBLAS (``STAGE2_DEFAULT``, ``use_cublas_stage1``), and the copies by a Triton
+per-row transpose at the copy bandwidth (``COPIES_DEFAULT``).
+The "fold" plan (opt-in, ``overrides={"fold": True}``, where b divides q) removes the two
 copies on the first factor's side: with w1's rows permuted within each block (``fold_rows``),
 stage 1 writes m directly and its gradients read the grouped dh (dm) directly, through a
-two-level index (runs of q/b contiguous elements, ``monarch_triton``): two copies per
-forward+backward remain (the output's P2 interleave and the grouping of dy).
-By default (``STAGE2_DEFAULT = "cublas"``) the three stage-2 products then run as cuBLAS
-batched GEMMs that read the grouped operands through strides (``stage2_bmm``,
-``_cublas_backward``; 725 vs 510 TFLOP/s at n=4096, b=4), and the first factor's products stay
-on the Triton kernel, which alone can address the two-level layout.
-``monarch_plan.plan`` lists every product's strides. Back ends: ``"triton"`` (CUDA) and ``"torch"``, which
-runs the same strides through ``as_strided`` + ``matmul`` (any device; slow; it tests the plan).
+two-level index (runs of q/b contiguous elements) that only the Triton kernel can address.
+It was the default until cuBLAS took over the copy plan's first factor (``use_fold``).
+``monarch_plan.plan`` lists every Triton product's strides. Back ends: ``"triton"`` (CUDA) and
+``"torch"``, which runs the same plan with torch's copies and ``as_strided`` + ``matmul`` in
+place of the Triton kernels (any device; it tests the plan).
 
 ``monarch_multiply_fast(x, w1, w2, out_features, impl)`` has ``monarch_multiply``'s interface;
 ``resolve_impl`` says which path ``"auto"`` takes: ``"triton"`` for float16/bfloat16 CUDA
@@ -151,8 +152,11 @@ def fast_forward(x, w1, w2, backend, overrides):
             mid = x.new_empty(T, b, q)
             run_product("m=x@w1p", x, w1c, mid, sizes, backend, ov)
     else:
-        h = x.new_empty(T, b * q)
-        run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
+        if use_cublas_stage1(ov, b, q, fold=False) and not ov.get("gather"):
+            h = natural_stage1_bmm(x, w1c, b)
+        else:
+            h = x.new_empty(T, b * q)
+            run_product("h=x@w1", x, w1c, h, sizes, backend, ov)
         if cublas:
             mid = _group(h, b, ov, backend)
             del h
@@ -204,6 +208,9 @@ def fast_backward(info: ForwardPass, saved, dy):
             dh = _ungroup(dhg, ov, backend)
         else:
             run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
+        if not gather and use_cublas_stage1(ov, b, q, fold=False):
+            dx, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
+            return dx, dw1, dw2
         if need_w1:
             dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
         if need_x:
@@ -321,6 +328,9 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
             names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
         else:  # natural order dh[t, r·b + l] = dm[t, l, r]
             names, dh = ("dw1=dh'x", "dx=dh@w1"), _ungroup(dm, ov, backend)
+        if not info.fold and use_cublas_stage1(ov, b, q, fold=False):
+            dx, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
+            return dx, dw1, dw2
         if need_w1 and info.fold:
             dw1 = unfold_rows(_fold_weight_grad(dm, x, w1, sizes, backend, ov))
         elif need_w1:
@@ -348,24 +358,22 @@ def use_cublas_stage2(overrides: dict) -> bool:
     return choice == "cublas"
 
 
-# Fold the first factor's grouping copies (see plan, "fold") where q/b >= FOLD_MIN_RUN. Runs
-# of 8 (16 B) make the fold products 1.2-3.8x slower than a plain product plus a copy (H200,
-# n=2048, b=16): under CUDA graphs the copy plan took 0.57 ms fwd+bwd there against the
-# fold's 0.76 (eager, where launches rule, the fold's fewer kernels won: 0.90 vs 1.21 ms;
-# benchmarks/NOTES.md, v8).
-FOLD_MIN_RUN = 16
+# The fold plan (first factor on the two-level Triton kernel, two copies fewer) is opt-in
+# (overrides={"fold": True}) since the copy plan's first factor moved to cuBLAS: on the H200
+# (fwd+bwd, eager / CUDA graphs, ms) the copy plan with cuBLAS stage 1 against the fold took
+# 0.75 / 0.74 vs 0.86 / 0.84 at (4096, 16), 1.91 / 1.86 vs 2.06 / 2.04 at (8192, 16),
+# 1.51 / 1.54 vs 1.56 / 1.61 at (4096, 4), 0.66 / 0.38 vs 0.93 / 0.68 at (2048, 16) and
+# 0.66 / 0.22 vs 1.04 / 0.24 at (1024, 4) (benchmarks/results/monarch_plans_h200.json).
+# Forced where its runs q/b are short, it is slow: runs of 8 (16 B) made its products
+# 1.2-3.8x slower than a plain product plus a copy (n=2048, b=16).
 
 
 def use_fold(overrides: dict, b: int, q: int) -> bool:
-    """Whether the fold plan runs: ``overrides["fold"]`` if given, else where it applies and
-    its runs are at least ``FOLD_MIN_RUN`` elements; never with "gather" or "strided"."""
+    """Whether the fold plan runs: only when asked (``overrides["fold"]``) and where it
+    applies (b divides q); never with "gather" or "strided"."""
     if overrides.get("gather") or overrides.get("store", "copy") != "copy":
         return False
-    if not can_fold(b, q):
-        return False
-    if "fold" in overrides:
-        return bool(overrides["fold"])
-    return q // b >= FOLD_MIN_RUN
+    return bool(overrides.get("fold")) and can_fold(b, q)
 
 
 # The fold's stage-1 forward and weight gradient on cuBLAS ("cublas": per middle group l one
@@ -377,15 +385,42 @@ def use_fold(overrides: dict, b: int, q: int) -> bool:
 STAGE1_CUBLAS_MIN_RUN = 256
 
 
-def use_cublas_stage1(overrides: dict, b: int, q: int) -> bool:
-    """Whether the fold plan's stage-1 forward and weight gradient run on cuBLAS:
-    ``overrides["stage1"]`` if given, else where q/b >= ``STAGE1_CUBLAS_MIN_RUN``."""
+def use_cublas_stage1(overrides: dict, b: int, q: int, fold: bool = True) -> bool:
+    """Whether the first factor's products run on cuBLAS: ``overrides["stage1"]`` if given,
+    else always in the copy plan (``fold=False``: all three as one batched GEMM each,
+    ``natural_stage1_bmm``; the default plan) and, in the fold plan, where q/b >=
+    ``STAGE1_CUBLAS_MIN_RUN`` (its forward and weight gradient; dx stays on Triton)."""
     choice = overrides.get("stage1", "auto")
     if choice not in ("auto", "triton", "cublas"):
         raise ValueError(f"monarch: stage1 must be 'auto', 'triton' or 'cublas', got {choice!r}")
     if choice == "auto":
-        return q // b >= STAGE1_CUBLAS_MIN_RUN
+        return not fold or q // b >= STAGE1_CUBLAS_MIN_RUN
     return choice == "cublas"
+
+
+def natural_stage1_bmm(x: torch.Tensor, w1: torch.Tensor, b: int) -> torch.Tensor:
+    """Stage 1 of the copy plan as one batched GEMM over the blocks k: x (T, b·p), w1
+    (b, q, p) -> h (T, b·q) natural order, h[t, k·q + i] = x[t, k-block]·w1[k, i]; cuBLAS
+    reads x and writes h batch-major through strides (row stride b·p, b·q), no copy."""
+    T, (_, q, p) = x.shape[0], w1.shape
+    h = x.new_empty(T, b * q)
+    torch.bmm(x.view(T, b, p).transpose(0, 1), w1.transpose(1, 2),
+              out=h.view(T, b, q).transpose(0, 1))
+    return h
+
+
+def natural_stage1_backward(dh, x, w1, need_x=True, need_w1=True):
+    """Gradients of ``natural_stage1_bmm``: dx (T, b·p) = dh·w1 per block and dw1 (b, q, p) =
+    Σ_t dh[t, k-block]ᵀ x[t, k-block], each one batched GEMM on strided views."""
+    T, (b, q, p) = x.shape[0], w1.shape
+    dhk = dh.view(T, b, q).transpose(0, 1)                               # (b, T, q)
+    dx = dw1 = None
+    if need_x:
+        dx = torch.empty_like(x)
+        torch.bmm(dhk, w1, out=dx.view(T, b, p).transpose(0, 1))
+    if need_w1:
+        dw1 = torch.bmm(dhk.transpose(1, 2), x.view(T, b, p).transpose(0, 1))
+    return dx, dw1
 
 
 def stage1_bmm(x: torch.Tensor, w1p: torch.Tensor, b: int) -> torch.Tensor:
