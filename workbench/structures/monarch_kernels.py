@@ -208,15 +208,26 @@ def fast_backward(info: ForwardPass, saved, dy):
             dh = _ungroup(dhg, ov, backend)
         else:
             run_product("dh=dy@w2>nat", dy, w2, dh, sizes, backend, ov)
-        if not gather and use_cublas_stage1(ov, b, q, fold=False):
-            dx, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
-            return dx, dw1, dw2
-        if need_w1:
-            dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
-        if need_x:
-            dx = torch.empty_like(x)
-            run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
+        cublas1 = not gather and use_cublas_stage1(ov, b, q, fold=False)
+        dx, dw1 = _natural_first_factor_grads(info, dh, x, w1, cublas1)
     return dx, dw1, dw2
+
+
+def _natural_first_factor_grads(info, dh, x, w1, cublas):
+    """(dx, dw1) of the first factor from the natural-order dh (T, b·q): one strided batched
+    GEMM each on cuBLAS (``natural_stage1_backward``) or the Triton kernel (None where not
+    needed)."""
+    need_x, need_w1 = info.needs_input_grad[:2]
+    if cublas:
+        return natural_stage1_backward(dh, x, w1, need_x, need_w1)
+    sizes, backend, ov = info.sizes, info.backend, info.overrides
+    dx = dw1 = None
+    if need_w1:
+        dw1 = _weight_grad("dw1=dh'x", dh, x, w1, sizes, backend, ov)
+    if need_x:
+        dx = torch.empty_like(x)
+        run_product("dx=dh@w1", dh, w1, dx, sizes, backend, ov)
+    return dx, dw1
 
 
 class _MonarchFunction(torch.autograd.Function):
@@ -324,20 +335,15 @@ def _cublas_backward(info, dy, x, w1, w2, mid):
         dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))  # (b, s, q)
     if need_x or need_w1:
         dm = bmm_into_grouped(dyT, w2)                             # dm[t, l, r]
-        if info.fold:
-            names, dh = ("dw1p=dm'x", "dx=dm@w1p"), dm
-        else:  # natural order dh[t, r·b + l] = dm[t, l, r]
-            names, dh = ("dw1=dh'x", "dx=dh@w1"), _ungroup(dm, ov, backend)
-        if not info.fold and use_cublas_stage1(ov, b, q, fold=False):
-            dx, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
-            return dx, dw1, dw2
-        if need_w1 and info.fold:
+        if not info.fold:  # natural order dh[t, r·b + l] = dm[t, l, r]
+            dh = _ungroup(dm, ov, backend)
+            cublas1 = use_cublas_stage1(ov, b, q, fold=False)
+            return _natural_first_factor_grads(info, dh, x, w1, cublas1) + (dw2,)
+        if need_w1:
             dw1 = unfold_rows(_fold_weight_grad(dm, x, w1, sizes, backend, ov))
-        elif need_w1:
-            dw1 = _weight_grad(names[0], dh, x, w1, sizes, backend, ov)
         if need_x:
             dx = torch.empty_like(x)
-            run_product(names[1], dh, w1, dx, sizes, backend, ov)
+            run_product("dx=dm@w1p", dm, w1, dx, sizes, backend, ov)
     return dx, dw1, dw2
 
 
