@@ -30,14 +30,16 @@ PLANS = {"default": None, "copy_cublas1": {"fold": False, "stage1": "cublas"},
 SHAPES = [(4096, 16), (8192, 16), (2048, 4), (4096, 4), (1024, 4), (2048, 16)]
 
 
-def measure(n: int, b: int, tokens: int) -> dict:
+def measure(n: int, b: int, tokens: int, plans=tuple(PLANS)) -> dict:
     torch.manual_seed(0)
     layer = MonarchLinear(n, n, b, bias=False, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
     params = [x, layer.w1, layer.w2]
     row = {"n": n, "nblocks": b, "tokens": tokens}
-    for name, overrides in PLANS.items():
+    for name in plans:
+        overrides = PLANS[name]
+
         def forward(overrides=overrides):
             return monarch_multiply_fast(x, layer.w1, layer.w2, n, impl="triton",
                                          overrides=overrides)
@@ -51,13 +53,17 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--plans", nargs="*", default=list(PLANS), choices=list(PLANS))
+    ap.add_argument("--shapes", nargs="*", default=None, help="n:b pairs, e.g. 4096:16")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("monarch_plans: needs a CUDA device")
     result = {"benchmark": "monarch_plans",
               "environment": environment(torch.device("cuda"), torch.bfloat16), "rows": []}
-    for n, b in SHAPES:
-        result["rows"].append(measure(n, b, args.tokens))
+    shapes = SHAPES if args.shapes is None else [tuple(map(int, v.split(":"))) for v in
+                                                   args.shapes]
+    for n, b in shapes:
+        result["rows"].append(measure(n, b, args.tokens, args.plans))
         print(result["rows"][-1], flush=True)
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))

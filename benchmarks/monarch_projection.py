@@ -101,8 +101,10 @@ def measure(weight, b, device, **kwargs) -> dict:
 
 
 def variants(weights: dict, device) -> list:
-    """topk_svd alone on the nblocks=4 sub-blocks of each matrix: the projector variant with
-    and without the Rayleigh-Ritz stopping check, a wider subspace, and the pieces' costs."""
+    """topk_svd alone on the nblocks=4 sub-blocks of each matrix: the projector variant as the
+    default runs it, against the previous default (a Cholesky-QR every iteration, purification
+    steps as ~10 torch launches), each change alone, without the Rayleigh-Ritz stopping check
+    and with a wider subspace; then the pieces' costs."""
     import importlib
     tk = importlib.import_module("workbench.structures.topk_svd")
     b = 4
@@ -112,36 +114,40 @@ def variants(weights: dict, device) -> list:
         blocks = sub_blocks(weight, b).reshape(b * b, n // b, n // b).contiguous()
         k = n // b // b
         opt = optimum(weight, b)[0]           # cached from the main rows
-        runs = {"projector (default: check, w=k+k/2)": dict(),
-                "projector no check (growth rule only)": dict(check=False),
-                "projector w=k+3k/4": dict(width=k + 3 * k // 4),
-                "projector w=2k no check": dict(width=2 * k, check=False)}
+        runs = {"projector (default)": dict(),
+                "previous default (QR every step, torch purification)":
+                    dict(skip_qr=False, fused=False),
+                "QR every step, fused purification": dict(skip_qr=False),
+                "skipped QRs, torch purification": dict(fused=False),
+                "no check (growth rule only)": dict(check=False),
+                "w=k+3k/4": dict(width=k + 3 * k // 4)}
         for name, kw in runs.items():
             width = kw.pop("width", k + k // 2)
+            fused = kw.pop("fused", None)
             calls = {"cholqr": 0, "purify": 0}
-            orig_c, orig_p = tk._cholqr, tk._top_projector
+            orig_c, orig_p = tk._cholqr_deferred, tk.top_projector
 
             def counted_c(*a, **kw_):
                 calls["cholqr"] += 1
                 return orig_c(*a, **kw_)
 
-            def counted_p(*a, **kw_):
+            def counted_p(g, k_, steps):
                 calls["purify"] += 1
-                return orig_p(*a, **kw_)
+                return orig_p(g, k_, steps, fused=fused)
 
             def fn():
                 return tk._projector(blocks, k, 60, tk.AUTO_EXCESS, width, None, **kw)
-            (u, s, v), t = timed(fn, device, repeats=5, warmup=2)
-            tk._cholqr, tk._top_projector = counted_c, counted_p
+            tk._cholqr_deferred, tk.top_projector = counted_c, counted_p
             try:
-                fn()
+                (u, s, v), t = timed(fn, device, repeats=5, warmup=2)
             finally:
-                tk._cholqr, tk._top_projector = orig_c, orig_p
+                tk._cholqr_deferred, tk.top_projector = orig_c, orig_p
+            calls = {key: value / 7 for key, value in calls.items()}   # per call
             res = float((blocks.double() - (u * s.unsqueeze(-2)).double() @ v.double().mT)
                         .square().sum())
-            out.append({"matrix": kind, "name": name, "time": t, "calls": calls,
+            out.append({"matrix": kind, "name": name, "time": t, "calls_per_run": calls,
                         "relative_excess": (res - opt) / opt})
-            print(f"{kind:>9} {name:<40} {t['median_ms']:8.2f} ms  excess "
+            print(f"{kind:>9} {name:<52} {t['median_ms']:8.2f} ms  excess "
                   f"{(res - opt) / opt:.2e}  {calls}")
             sys.stdout.flush()
     n = weights["gaussian"].shape[0]
@@ -152,13 +158,14 @@ def variants(weights: dict, device) -> list:
     y64 = torch.randn(b * b, m, w, device=device, dtype=torch.float64)
     g = y64.mT @ y64
 
-    def purify():
-        return tk._top_projector(g, k)
+    def purify(fused=None):
+        return tk.top_projector(g, k, fused=fused)
     micro = {f"bmm fp32 (16,{m},{m})@(16,{m},{w})": lambda: blocks @ y64.float(),
              f"bmm fp64 (16,{m},{m})@(16,{m},{w})": lambda: a64 @ y64,
              f"cholqr fp64 (16,{m},{w})": lambda: tk._cholqr(y64),
              f"cholesky_ex fp64 (16,{w},{w})": lambda: torch.linalg.cholesky_ex(g),
              f"purification fp64 (16,{w},{w}), k={k}": purify,
+             f"purification fp64 (16,{w},{w}), k={k}, torch steps": lambda: purify(False),
              f"bmm fp64 (16,{w},{w})^2": lambda: g @ g,
              f"torch.linalg.eigh fp64 (16,{w},{w})": lambda: torch.linalg.eigh(g)}
     for name, fn in micro.items():

@@ -45,3 +45,28 @@ def test_every_plan_in_the_triton_interpreter():
                           env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+PURIFY_CHECK = r"""
+import torch
+from workbench.structures.purification import top_projector
+torch.manual_seed(0)
+y = torch.randn(3, 60, 24, dtype=torch.float64)
+g = y.mT @ y
+worst = 0.0
+for k in (1, 5, 12):
+    vec = torch.linalg.eigh(g).eigenvectors[..., -k:]
+    want = vec @ vec.mT
+    for fused in (True, False):
+        worst = max(worst, float((top_projector(g, k, fused=fused) - want).abs().max()))
+print(worst)
+"""
+
+
+def test_fused_purification_step_in_the_triton_interpreter():
+    """The one-kernel purification step (purify_triton) against eigh's projector, float64."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", PURIFY_CHECK], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-12

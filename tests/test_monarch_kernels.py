@@ -1,11 +1,14 @@
 """The permutation-free Monarch plan (monarch_kernels) and its Triton kernel against the plain
 two-bmm path, plus the GPU variant of topk_svd. CPU parts run everywhere (float64); the Triton
 parts need CUDA and are skipped without it."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from workbench.structures import MonarchLinear, monarch_multiply, topk_svd
+from workbench.structures.purification import top_projector
 from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config, fold_rows,
                                                   group, monarch_multiply_fast, plan,
                                                   resolve_impl,
@@ -219,6 +222,68 @@ def test_topk_svd_projector_variant_float64(shape, k):
         assert float(((got - best) / best).max()) < 1e-4
 
 
+@pytest.mark.parametrize("k", [1, 7, 20])
+def test_top_projector_against_eigh(k):
+    """Purification's projector equals the projector onto eigh's top-k eigenvectors, a zero
+    matrix included (then any rank-k projector is acceptable, but it must be finite)."""
+    torch.manual_seed(k)
+    y = torch.randn(4, 80, 32, dtype=torch.float64)
+    y[:, :, 0] *= 30                                      # one dominant direction
+    g = y.mT @ y
+    g[0] = 0
+    got = top_projector(g, k, fused=False)
+    vec = torch.linalg.eigh(g[1:]).eigenvectors[..., -k:]
+    torch.testing.assert_close(got[1:], vec @ vec.mT, atol=1e-12, rtol=0)
+    assert torch.isfinite(got[0]).all()
+    with pytest.raises(ValueError, match="B, w, w"):
+        top_projector(g[0], k)
+
+
+@pytest.mark.parametrize("skip_qr", [False, True])
+def test_projector_with_and_without_skipped_qrs(skip_qr):
+    """Skipping every other Cholesky-QR on flat spectra (and never on steep ones) keeps the
+    result within the target of the optimum; a rank-deficient batch (a rank-3 block, whose
+    Cholesky fails and is redone by Householder) stays finite."""
+    from workbench.structures.topk_svd import _projector
+    torch.manual_seed(11)
+    flat = torch.randn(4, 200, 200, dtype=torch.float64)
+    u0 = torch.linalg.qr(torch.randn(4, 200, 200, dtype=torch.float64)).Q
+    steep = (u0 * torch.arange(1, 201, dtype=torch.float64).reciprocal()) @ u0.mT
+    low = torch.randn(4, 200, 3, dtype=torch.float64) @ torch.randn(4, 3, 200,
+                                                                     dtype=torch.float64)
+    for a in (flat, steep, low):
+        u, s, v = _projector(a, 24, 60, 1e-4, 36, torch.Generator().manual_seed(0),
+                             skip_qr=skip_qr)
+        assert torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(v).all()
+        best = torch.linalg.svdvals(a)[:, 24:].square().sum(-1)
+        got = (a - (u * s.unsqueeze(-2)) @ v.mT).square().sum((-2, -1))
+        excess = (got - best) / best.clamp_min(1e-300)
+        assert float(excess.max()) < 1e-4 or float((got - best).max()) < 1e-20
+
+
+def test_projector_redoes_a_failed_deferred_qr(monkeypatch):
+    """A Cholesky-QR inside the iteration that reports failure (its q is garbage) is redone by
+    Householder at the next sync: the result stays finite and within the target."""
+    tk = importlib.import_module("workbench.structures.topk_svd")
+    real, calls = tk._cholqr_deferred, []
+
+    def failing(y):
+        q, t, health = real(y)
+        calls.append(1)
+        if len(calls) == 3:
+            return torch.full_like(q, float("nan")), t, torch.tensor([1.0, float("inf")],
+                                                                      dtype=y.dtype)
+        return q, t, health
+    monkeypatch.setattr(tk, "_cholqr_deferred", failing)
+    torch.manual_seed(12)
+    a = torch.randn(3, 120, 120, dtype=torch.float64)
+    u, s, v = tk._projector(a, 12, 60, 1e-4, 20, torch.Generator().manual_seed(0))
+    assert len(calls) > 3 and torch.isfinite(u).all() and torch.isfinite(v).all()
+    best = torch.linalg.svdvals(a)[:, 12:].square().sum(-1)
+    got = (a - (u * s.unsqueeze(-2)) @ v.mT).square().sum((-2, -1))
+    assert float(((got - best) / best).max()) < 1e-4
+
+
 def test_topk_svd_rejects_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         topk_svd(torch.randn(2, 30, 20), 3, method="randomized", variant="nope")
@@ -294,6 +359,17 @@ def test_topk_svd_projector_on_cuda():
     best = torch.linalg.svdvals(a.double())[:, 128:].square().sum(-1)
     got = (a.double() - (u * s.unsqueeze(-2)).double() @ v.double().mT).square().sum((-2, -1))
     assert float(((got - best) / best).max()) < 1e-4
+
+
+@needs_cuda
+def test_fused_purification_on_cuda():
+    torch.manual_seed(5)
+    y = torch.randn(16, 1024, 384, device="cuda", dtype=torch.float64)
+    g = y.mT @ y
+    vec = torch.linalg.eigh(g).eigenvectors[..., -256:]
+    got = top_projector(g, 256, fused=True)
+    torch.testing.assert_close(got, vec @ vec.mT, atol=1e-9, rtol=0)
+    torch.testing.assert_close(got, top_projector(g, 256, fused=False), atol=1e-12, rtol=0)
 
 
 @needs_cuda

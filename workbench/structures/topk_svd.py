@@ -18,9 +18,11 @@ Variants of the randomized path (``variant=``):
 - ``"projector"`` (the default on CUDA for ``k > 1``): the same wide subspace iteration in
   float64 (the H200's float64 matrix units run as fast as its float32 SIMT GEMMs, and float32
   cannot resolve the small sub-block singular values of steep spectra), Cholesky-QR once per
-  iteration, and a Rayleigh-Ritz step without an eigensolver: the projector onto the top ``k``
-  eigenvectors of the small Gram matrix by trace-correcting purification (GEMMs only; Niklasson
-  2002), then an orthonormal basis of its range. It returns the best rank-k approximation in
+  iteration (every other iteration where the last one measured its Gram well conditioned,
+  ``SKIP_DEV``: flat spectra), one host sync per iteration, and a Rayleigh-Ritz step
+  without an eigensolver: the projector onto the top ``k`` eigenvectors of the small Gram
+  matrix by trace-correcting purification (GEMMs only; Niklasson 2002; ``purification``), then
+  an orthonormal basis of its range. It returns the best rank-k approximation in
   the subspace as ``U`` (orthonormal), ``S`` = the norms of the rows of ``UᵀA`` (descending) and
   ``V`` = those rows normalised: ``U·diag(S)·Vᵀ = U·Uᵀ·A`` and ``ΣS² = ‖UᵀA‖²`` exactly, but
   ``S`` are not singular values and ``V`` is not orthogonal (for m < n the roles swap: ``V``
@@ -40,11 +42,11 @@ import math
 
 import torch
 
+from .purification import PURIFY_STEPS, top_projector
+
 METHODS = ("auto", "exact", "randomized")
 VARIANTS = ("auto", "fast", "householder", "projector")
 AUTO_EXCESS = 1e-4        # excess target of the default GPU path (projector variant)
-PURIFY_STEPS = 96         # at most this many purification steps (GEMMs of the small side)
-PURIFY_TOL = 1e-9         # stop purifying when the fractional occupation is this × k
 
 
 def topk_svd(a: torch.Tensor, k: int, method: str = "auto", max_iters: int = 60,
@@ -151,82 +153,120 @@ def _randomized(a, k, max_iters, tol, oversample, generator, fast=False):
 def _cholqr(y: torch.Tensor):
     """One Cholesky-QR pass: (q, t) with q = y·t orthonormal up to rounding × cond(y)² (the
     span is exact); a tiny diagonal shift keeps zero or rank-deficient blocks finite."""
+    q, t, health = _cholqr_deferred(y)
+    if bool(health[0]):  # numerically rank deficient beyond the shift: Householder
+        return torch.linalg.qr(y).Q, None
+    return q, t
+
+
+def _cholqr_deferred(y: torch.Tensor):
+    """``_cholqr`` without its host sync: (q, t, health), health (2,) = (1 if the Cholesky
+    failed for any matrix, else 0; the largest deviation of a column's squared norm from 1,
+    ``max |‖q_j‖² − 1|``, over the matrices with a nonzero Gram: a measured stand-in for the
+    orthogonality lost, ~ eps·cond(yᵀy)). Where it failed q is garbage: the caller checks
+    ``health`` at its next sync and redoes that pass by Householder."""
     gram = y.mT @ y
     eye = torch.eye(gram.shape[-1], device=y.device, dtype=y.dtype)
-    shift = (10 * torch.finfo(y.dtype).eps * gram.diagonal(dim1=-2, dim2=-1).mean(-1)
-             ).clamp_min(torch.finfo(y.dtype).tiny)
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    shift = (10 * torch.finfo(y.dtype).eps * trace / gram.shape[-1]).clamp_min(
+        torch.finfo(y.dtype).tiny)
     chol, info = torch.linalg.cholesky_ex(gram + shift[:, None, None] * eye)
-    if bool(info.any()):  # numerically rank deficient beyond the shift: Householder
-        return torch.linalg.qr(y).Q, None
     t = torch.linalg.solve_triangular(chol, eye, upper=False).mT     # L⁻ᵀ
-    return y @ t, t
+    q = y @ t
+    dev = (q.square().sum(-2) - 1).abs().amax(-1)
+    dev = torch.where(trace > 0, dev, torch.zeros_like(dev)).amax().nan_to_num(math.inf)
+    failed = (info != 0).any().to(y.dtype)
+    return q, t, torch.stack([failed, dev])
 
 
-def _top_projector(g: torch.Tensor, k: int, steps: int = PURIFY_STEPS) -> torch.Tensor:
-    """The orthogonal projector onto the top-``k`` eigenvectors of each symmetric PSD ``g``
-    (B, w, w), by trace-correcting purification: scale the spectrum into [0, 1], then apply
-    x ↦ x² (lowers the trace) or x ↦ 2x − x² (raises it), whichever lands the trace closer to
-    ``k``; both fix 0 and 1 and keep the eigenvalue order, so the top ``k`` go to 1 and the rest
-    to 0. Eigenvalues closer together than the working precision stay fractional (either choice
-    loses no energy). One batched GEMM per step."""
-    tiny = torch.finfo(g.dtype).tiny
-    bound = torch.minimum(g.norm(dim=(-2, -1)), g.abs().sum(-1).amax(-1)).clamp_min(tiny)
-    x = g / bound[:, None, None]
-    for step in range(1, steps + 1):
-        x2 = x @ x
-        t1 = x.diagonal(dim1=-2, dim2=-1).sum(-1)
-        t2 = x2.diagonal(dim1=-2, dim2=-1).sum(-1)
-        up = ((2 * t1 - t2 - k).abs() < (t2 - k).abs()).to(x.dtype)[:, None, None]
-        x = torch.addcmul(x2, up, x - x2, value=2.0)     # up: 2x − x², else x²
-        # converged: trace(x − x²) = Σ x(1 − x), the fractional occupation, is at rounding level
-        if step % 8 == 0 and bool(((t1 - t2).abs() <= PURIFY_TOL * max(k, 1)).all()):
+# Orthogonality measured after a Cholesky-QR pass (max |‖q_j‖² − 1|, ~ eps·cond(yᵀy)):
+ORTHO_DEV = 1e-12     # at most this: q counts as orthonormal (cond(yᵀy) below ~1e4)
+SKIP_DEV = 1e-12      # at most this: the next step may skip its QR (its Gram then stays
+                      # conditioned below ~1e12, where Cholesky still succeeds)
+
+
+def _orthonormal(q, dev, z=None, a=None):
+    """q -> q·t orthonormal to rounding: Cholesky-QR passes (at most 3) until the last one's
+    measured deviation is at most ``ORTHO_DEV`` (``dev``: that of the pass that made q, ``inf``
+    if none did). With ``z`` = Aᵀq (and ``a`` = A) also returns Aᵀ of the new q."""
+    for _ in range(3):
+        if dev <= ORTHO_DEV:
             break
-    return (x + x.mT) / 2
+        q_new, t, health = _cholqr_deferred(q)
+        failed, dev = health.tolist()
+        if failed:
+            q = torch.linalg.qr(q).Q
+            return q, (a.mT @ q if z is not None else None)
+        q, z = q_new, (z @ t if z is not None else None)
+    return q, z
 
 
 def _projector(a, k, max_iters, target, width, generator, check=True,
-               steps=PURIFY_STEPS):
+               steps=PURIFY_STEPS, skip_qr=True):
     """Subspace iteration (float64) for (B, m, n), m >= n, with a purification Rayleigh-Ritz
     step; returns the best rank-k approximation in the subspace as (U, S, V), see the module
     docstring. ``check``: confirm the stop by the Rayleigh-Ritz energy of consecutive
     iterations (one more iteration and one more purification), else stop on the subspace's
-    energy growth alone."""
+    energy growth alone. ``skip_qr``: where the last Cholesky-QR came out orthonormal to
+    ``SKIP_DEV`` (its Gram conditioned below ~1e4: flat spectra), the next power step skips
+    its QR and only rescales by the last triangular factor (q = A·z·t; its Gram then stays
+    conditioned below ~1e12), so every other step needs no orthonormalisation; the energy
+    trigger is read at orthonormal steps only. Steep spectra keep a QR every step."""
     out_dtype = a.dtype
     work = a if a.dtype == torch.float64 else a.double()
     batch, m, n = work.shape
     width = min(width, n)
     tiny = torch.finfo(work.dtype).tiny
     total = work.square().sum((-2, -1))
-    q, _ = _cholqr(work @ _gaussian(batch, n, width, work, generator))
+    q, t_iter = _cholqr(work @ _gaussian(batch, n, width, work, generator))
     step_tol = math.sqrt(max(target, 0.0) / 10)
-    previous = energy = None
+    previous = energy = health = y = None
+    skipped, since = False, 0      # q is y·t_iter, not orthonormal; steps since `previous`
+    dev = math.inf                 # no skip before a QR of A·Aᵀ·q has been measured
     for it in range(max_iters + 1):
         z = work.mT @ q                                   # (B, n, width)
         captured = z.square().sum((-2, -1))
         last = it == max_iters
-        if energy is not None or (previous is not None and bool(
-                ((captured - previous) <= step_tol * (total - captured).clamp_min(tiny)).all())):
+        # one host sync per step: the last QR's health and the energy trigger
+        trigger = torch.zeros((), dtype=work.dtype, device=work.device)
+        if previous is not None and not skipped:
+            trigger = ((captured - previous) <= since * step_tol
+                       * (total - captured).clamp_min(tiny)).all().to(work.dtype)
+        pending = health if health is not None else trigger.new_tensor([0.0, dev])
+        failed, dev, fired = torch.cat([pending, trigger[None]]).tolist()
+        health = None
+        q_dev = math.inf if skipped else dev              # the pass that made q, if any
+        if failed:                                        # redo the last QR by Householder
+            q, t_iter, q_dev = torch.linalg.qr(y).Q, None, 0.0
+            z = work.mT @ q
+            captured = z.square().sum((-2, -1))
+            fired = previous is not None and bool(((captured - previous) <= since * step_tol
+                                                   * (total - captured).clamp_min(tiny)).all())
+        if energy is not None or fired:
             # candidate stop: the Rayleigh-Ritz energy of this subspace, against the last one
-            q, t = _cholqr(q)                             # second pass: orthonormal
-            z = z @ t if t is not None else work.mT @ q
-            proj = _top_projector(z.mT @ z, k, steps)    # (B, width, width)
+            q, z = _orthonormal(q, q_dev, z, work)
+            proj = top_projector(z.mT @ z, k, steps)      # (B, width, width)
             now = (proj * (z.mT @ z)).sum((-2, -1))       # trace(P G): energy of the best k
             if not check or last or (energy is not None and bool(
                     ((now - energy) <= 0.2 * target * (total - now).clamp_min(tiny)).all())):
                 break
             energy = now
         elif last:
-            q, t = _cholqr(q)
-            z = z @ t if t is not None else work.mT @ q
-            proj = _top_projector(z.mT @ z, k, steps)
+            q, z = _orthonormal(q, q_dev, z, work)
+            proj = top_projector(z.mT @ z, k, steps)
             break
-        previous = captured
-        q, _ = _cholqr(work @ z)
+        if not skipped:
+            previous, since = captured, 0
+        since += 1
+        y = work @ z
+        if skip_qr and not skipped and t_iter is not None and dev <= SKIP_DEV:
+            q, skipped = y @ t_iter, True
+        else:
+            q, t_iter, health = _cholqr_deferred(y)
+            skipped = False
     pick = proj.diagonal(dim1=-2, dim2=-1).topk(k, dim=-1).indices.sort(-1).values
     basis = torch.take_along_dim(proj, pick[:, None, :], dim=-1)      # (B, width, k)
-    basis, t2 = _cholqr(basis)
-    if t2 is not None:
-        basis, _ = _cholqr(basis)
+    basis, _ = _orthonormal(basis, math.inf)
     u = q @ basis                                         # (B, m, k)
     zk = z @ basis                                        # (B, n, k) = Aᵀ U
     s = zk.norm(dim=-2)                                   # (B, k)
