@@ -167,7 +167,15 @@ def variants(weights: dict, device) -> list:
              f"purification fp64 (16,{w},{w}), k={k}": purify,
              f"purification fp64 (16,{w},{w}), k={k}, torch steps": lambda: purify(False),
              f"bmm fp64 (16,{w},{w})^2": lambda: g @ g,
-             f"torch.linalg.eigh fp64 (16,{w},{w})": lambda: torch.linalg.eigh(g)}
+             f"torch.linalg.eigh fp64 (16,{w},{w})": lambda: torch.linalg.eigh(g),
+             # cuSOLVER's batched approximate SVD (Gram + eigensolver) as an alternative to
+             # the whole subspace iteration, and to the exact path's full SVD
+             f"svd gesvda fp64 (16,{m},{w})": lambda: torch.linalg.svd(
+                 a64 @ y64, full_matrices=False, driver="gesvda"),
+             f"svd gesvda fp32 (16,{m},{m})": lambda: torch.linalg.svd(
+                 blocks, full_matrices=False, driver="gesvda"),
+             f"svd default driver fp32 (16,{m},{m})": lambda: torch.linalg.svd(
+                 blocks, full_matrices=False)}
     for name, fn in micro.items():
         try:
             _, t = timed(fn, device, repeats=5, warmup=1)
