@@ -261,6 +261,43 @@ def test_projector_with_and_without_skipped_qrs(skip_qr):
         assert float(excess.max()) < 1e-4 or float((got - best).max()) < 1e-20
 
 
+def test_newton_schulz_and_spread():
+    """The warm start's orthogonalisation keeps the span and brings the singular values near 1;
+    the spread measure tells flat blocks (about 1-2) from steep ones."""
+    tk = importlib.import_module("workbench.structures.topk_svd")
+    torch.manual_seed(13)
+    y = torch.randn(3, 200, 40, dtype=torch.float64) @ torch.diag(torch.logspace(0, -1.5, 40,
+                                                                                 dtype=torch.float64))
+    x = tk._newton_schulz(y)
+    sv = torch.linalg.svdvals(x)
+    assert float(sv.min()) > 0.6 and float(sv.max()) < 1.25
+    basis = torch.linalg.qr(x).Q
+    assert float((y - basis @ (basis.mT @ y)).norm() / y.norm()) < 1e-10
+    flat = torch.linalg.qr(torch.randn(2, 200, 40, dtype=torch.float64)).Q
+    steep = torch.randn(2, 200, 40, dtype=torch.float64) @ torch.diag(
+        torch.arange(1, 41, dtype=torch.float64).reciprocal())
+    assert tk._spread(flat) < 1.01 and tk._spread(steep) > tk.WARM_SPREAD
+    assert tk._spread(torch.zeros(2, 50, 8, dtype=torch.float64)) == 1.0
+
+
+@pytest.mark.parametrize("warm", [0, 6])
+def test_projector_with_a_bfloat16_warm_start(warm):
+    """Starting the float64 iteration from bfloat16 power steps (flat spectra) lands within the
+    target on flat, slowly decaying and steep blocks, with a zero block in the batch."""
+    tk = importlib.import_module("workbench.structures.topk_svd")
+    torch.manual_seed(14)
+    u0 = torch.linalg.qr(torch.randn(4, 160, 160, dtype=torch.float64)).Q
+    i = torch.arange(1, 161, dtype=torch.float64)
+    for a in (torch.randn(4, 160, 160, dtype=torch.float64), (u0 * i.pow(-0.25)) @ u0.mT,
+              (u0 * i.reciprocal()) @ u0.mT):
+        a[0] = 0
+        u, s, v = tk._projector(a, 20, 60, 1e-4, 30, torch.Generator().manual_seed(0), warm=warm)
+        assert torch.isfinite(u).all() and torch.isfinite(v).all()
+        best = torch.linalg.svdvals(a[1:])[:, 20:].square().sum(-1)
+        got = (a[1:] - (u[1:] * s[1:].unsqueeze(-2)) @ v[1:].mT).square().sum((-2, -1))
+        assert float(((got - best) / best).max()) < 1e-4
+
+
 def test_projector_redoes_a_failed_deferred_qr(monkeypatch):
     """A Cholesky-QR inside the iteration that reports failure (its q is garbage) is redone by
     Householder at the next sync: the result stays finite and within the target."""

@@ -19,7 +19,8 @@ Variants of the randomized path (``variant=``):
   float64 (the H200's float64 matrix units run as fast as its float32 SIMT GEMMs, and float32
   cannot resolve the small sub-block singular values of steep spectra), Cholesky-QR once per
   iteration (every other iteration where the last one measured its Gram well conditioned,
-  ``SKIP_DEV``: flat spectra), one host sync per iteration, and a Rayleigh-Ritz step
+  ``SKIP_DEV``: flat spectra), started on flat spectra from a few bfloat16 power steps
+  (``_warm_start``), one host sync per iteration, and a Rayleigh-Ritz step
   without an eigensolver: the projector onto the top ``k`` eigenvectors of the small Gram
   matrix by trace-correcting purification (GEMMs only; Niklasson 2002; ``purification``), then
   an orthonormal basis of its range. It returns the best rank-k approximation in
@@ -201,8 +202,65 @@ def _orthonormal(q, dev, z=None, a=None):
     return q, z
 
 
+WARM_STEPS = 6        # bfloat16 power steps that start the float64 iteration on flat spectra
+WARM_QR_EVERY = 3     # with a Newton-Schulz orthogonalisation after every this many
+WARM_SPREAD = 4.0     # flat: w·Σλ²/(Σλ)² of the sketch's Gram at most this (1 = all equal)
+
+
+def _spread(y: torch.Tensor) -> float:
+    """The largest w·Σλ²/(Σλ)² over the batch for the Gram matrices yᵀy of y (B, m, w): 1 when
+    the block's singular values are all equal, ~w when one dominates (one host sync)."""
+    gram = y.mT @ y
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    spread = y.shape[-1] * gram.square().sum((-2, -1)) / trace.square().clamp_min(
+        torch.finfo(y.dtype).tiny)
+    return float(torch.where(trace > 0, spread, torch.ones_like(spread)).amax())
+
+
+def _warm_start(a: torch.Tensor, q: torch.Tensor, steps: int,
+                qr_every: int | None = None) -> torch.Tensor:
+    """A basis (B, m, w) of about span((A·Aᵀ)^steps·q), computed entirely in bfloat16 (float32
+    accumulation): power steps with the columns rescaled, and after every ``qr_every``-th
+    step but the last (default ``WARM_QR_EVERY``) an approximate orthogonalisation by
+    ``_newton_schulz`` (batched GEMMs only; a cuSOLVER Cholesky-QR costs 1.2-1.6 ms on these
+    blocks). The result is not orthonormal: the float64 iteration's first QR makes it so.
+    bfloat16 keeps the directions a step scales by more than ~1/100 of the largest, so this
+    starts flat spectra only (``_spread``); the float64 iteration refines the result and
+    decides when to stop."""
+    qr_every = qr_every or WARM_QR_EVERY
+    a16 = a.to(torch.bfloat16)
+    y = q.to(torch.bfloat16)
+    for step in range(1, steps + 1):
+        y = a16 @ (a16.mT @ y)
+        if step % qr_every == 0 and step < steps:
+            y = _newton_schulz(y)
+        else:
+            y = y / y.float().norm(dim=-2, keepdim=True).clamp_min(1e-30).to(y.dtype)
+    return y.to(a.dtype)
+
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)   # quintic Newton-Schulz (as in the Muon optimiser)
+NS_STEPS = 5
+
+
+def _newton_schulz(y: torch.Tensor) -> torch.Tensor:
+    """y (B, m, w), m >= w -> y·p(yᵀy) with the same column span and singular values pushed
+    towards [0.7, 1.2]: y is scaled by the square root of a Gershgorin bound of its Gram's
+    largest eigenvalue (so σ <= 1), then ``NS_STEPS`` quintic steps x ↦ a·x + b·x³ + c·x⁵ act
+    on the singular values, each three batched GEMMs."""
+    ca, cb, cc = NS_COEFFS
+    g = (y.mT @ y).float()
+    bound = g.abs().sum(-1).amax(-1).clamp_min(1e-30).sqrt()          # >= σ_max(y)
+    x = y / bound[:, None, None].to(y.dtype)
+    for _ in range(NS_STEPS):
+        g = x.mT @ x                                                   # (B, w, w)
+        h = torch.baddbmm(g, g, g, beta=cb, alpha=cc)                  # b·g + c·g²
+        x = torch.baddbmm(x, x, h, beta=ca)                            # a·x + x·h
+    return x
+
+
 def _projector(a, k, max_iters, target, width, generator, check=True,
-               steps=PURIFY_STEPS, skip_qr=True):
+               steps=PURIFY_STEPS, skip_qr=True, warm=None):
     """Subspace iteration (float64) for (B, m, n), m >= n, with a purification Rayleigh-Ritz
     step; returns the best rank-k approximation in the subspace as (U, S, V), see the module
     docstring. ``check``: confirm the stop by the Rayleigh-Ritz energy of consecutive
@@ -211,14 +269,21 @@ def _projector(a, k, max_iters, target, width, generator, check=True,
     ``SKIP_DEV`` (its Gram conditioned below ~1e4: flat spectra), the next power step skips
     its QR and only rescales by the last triangular factor (q = A·z·t; its Gram then stays
     conditioned below ~1e12), so every other step needs no orthonormalisation; the energy
-    trigger is read at orthonormal steps only. Steep spectra keep a QR every step."""
+    trigger is read at orthonormal steps only. Steep spectra keep a QR every step.
+    ``warm``: bfloat16 power steps before the float64 iteration (``_warm_start``; default
+    ``WARM_STEPS`` on CUDA where the sketch's spectrum is flat, else none)."""
     out_dtype = a.dtype
     work = a if a.dtype == torch.float64 else a.double()
     batch, m, n = work.shape
     width = min(width, n)
     tiny = torch.finfo(work.dtype).tiny
     total = work.square().sum((-2, -1))
-    q, t_iter = _cholqr(work @ _gaussian(batch, n, width, work, generator))
+    y = work @ _gaussian(batch, n, width, work, generator)
+    q, t_iter = _cholqr(y)
+    if warm is None:
+        warm = WARM_STEPS if work.is_cuda and _spread(y) <= WARM_SPREAD else 0
+    if warm:
+        q, t_iter = _warm_start(work, q, warm), None
     step_tol = math.sqrt(max(target, 0.0) / 10)
     previous = energy = health = y = None
     skipped, since = False, 0      # q is y·t_iter, not orthonormal; steps since `previous`
@@ -255,7 +320,7 @@ def _projector(a, k, max_iters, target, width, generator, check=True,
             q, z = _orthonormal(q, q_dev, z, work)
             proj = top_projector(z.mT @ z, k, steps)
             break
-        if not skipped:
+        if not skipped and not (warm and it == 0):   # a warm start's q is not orthonormal
             previous, since = captured, 0
         since += 1
         y = work @ z
