@@ -288,6 +288,11 @@ def _projector(a, k, max_iters, target, width, generator, check=True,
     previous = energy = health = y = None
     skipped, since = False, 0      # q is y·t_iter, not orthonormal; steps since `previous`
     dev = math.inf                 # no skip before a QR of A·Aᵀ·q has been measured
+
+    def settled(captured):  # energy grew by at most its share of the missed, since `previous`
+        return ((captured - previous) <= since * step_tol
+                * (total - captured).clamp_min(tiny)).all()
+
     for it in range(max_iters + 1):
         z = work.mT @ q                                   # (B, n, width)
         captured = z.square().sum((-2, -1))
@@ -295,8 +300,7 @@ def _projector(a, k, max_iters, target, width, generator, check=True,
         # one host sync per step: the last QR's health and the energy trigger
         trigger = torch.zeros((), dtype=work.dtype, device=work.device)
         if previous is not None and not skipped:
-            trigger = ((captured - previous) <= since * step_tol
-                       * (total - captured).clamp_min(tiny)).all().to(work.dtype)
+            trigger = settled(captured).to(work.dtype)
         pending = health if health is not None else trigger.new_tensor([0.0, dev])
         failed, dev, fired = torch.cat([pending, trigger[None]]).tolist()
         health = None
@@ -305,8 +309,7 @@ def _projector(a, k, max_iters, target, width, generator, check=True,
             q, t_iter, q_dev = torch.linalg.qr(y).Q, None, 0.0
             z = work.mT @ q
             captured = z.square().sum((-2, -1))
-            fired = previous is not None and bool(((captured - previous) <= since * step_tol
-                                                   * (total - captured).clamp_min(tiny)).all())
+            fired = previous is not None and bool(settled(captured))
         if energy is not None or fired:
             # candidate stop: the Rayleigh-Ritz energy of this subspace, against the last one
             q, z = _orthonormal(q, q_dev, z, work)
