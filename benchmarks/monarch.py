@@ -7,7 +7,7 @@ Three multiplies per (n, nblocks): dense ``nn.Linear`` (cuBLAS), ``plain`` (two 
 permutation copies, ``monarch_multiply``) and ``fast`` (``impl="triton"``: the strided plan of
 ``workbench.structures.monarch_kernels``, its default policy; ``impl="torch"`` on CPU), plus,
 where the fold plan applies, the other plan side by side (``fast_copy``: the v3 copy plan, or
-``fast_fold``). Square layers, no bias.
+``fast_fold``), and where block sizes are odd the plan without its padding (``fast_unpadded``). Square layers, no bias.
 Timing: ``triton.testing.do_bench`` (CUDA events, warm-up, median and 20/80% quantiles) on the
 GPU, a wall-clock median on the CPU. Every fast result is first checked against a float32
 reference (relative error of the output and of all three gradients).
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.structures import MonarchLinear  # noqa: E402
 from workbench.structures.monarch_kernels import (COPIES_DEFAULT, can_fold,  # noqa: E402
                                                   monarch_multiply_fast, use_cublas_stage1,
-                                                  use_cublas_stage2, use_fold)
+                                                  use_cublas_stage2, use_fold, use_pad)
 
 TARGET_FRACTION = 0.7   # of the FLOP-ratio speedup, at n >= 4096 and nblocks 4 and 16
 TARGET_OVER_PLAIN = 1.3
@@ -135,6 +135,10 @@ def measure(n: int, nblocks, tokens: int, dtype, device, impl: str, with_v1=Fals
     other2 = "triton" if use_cublas_stage2({}) else "cublas"
     variants[f"fast_stage2_{other2}"] = lambda v: monarch_multiply_fast(
         v, layer.w1, layer.w2, n, impl=impl, overrides={"stage2": other2})
+    # odd block sizes: the copy plan without its block padding, side by side (use_pad)
+    if use_pad({}, b, layer.in_block, layer.mid_block, layer.out_block):
+        variants["fast_unpadded"] = lambda v: monarch_multiply_fast(
+            v, layer.w1, layer.w2, n, impl=impl, overrides={"pad": False})
     # the weight built from the factors, then one dense GEMM (impl="dense"): dense speed at
     # best, the reference point for sizes where the structured products do not pay
     variants["dense_weight"] = lambda v: monarch_multiply_fast(v, layer.w1, layer.w2, n,

@@ -19,7 +19,8 @@ from workbench.structures import MonarchLinear, monarch_multiply
 from workbench.structures.monarch_kernels import fast_backward, fast_forward
 torch.manual_seed(0)
 worst = 0.0
-for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16)]:   # foldable, padded, runs of 1
+for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16),   # foldable, padded, runs of 1
+                (90, 70, 6), (273, 273, 3)]:                   # odd blocks: the padded plan
     layer = MonarchLinear(i, o, b, bias=False)
     x, dy = torch.randn(33, layer.in_ext), torch.randn(33, layer.out_ext)
     w1, w2 = layer.w1.detach(), layer.w2.detach()
@@ -30,7 +31,7 @@ for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16)]:   # foldable, padde
                {"stage1": "triton", "stage2": "triton", "copies": "torch"},
                {"fold": True}, {"fold": True, "stage2": "triton"},
                {"fold": True, "stage1": "cublas"}, {"fold": True, "copies": "torch"},
-               {"fold": True, "stage2": "triton", "copies": "torch"}):
+               {"fold": True, "stage2": "triton", "copies": "torch"}, {"pad": True}):
         y, saved, info = fast_forward(x, w1, w2, "triton", ov)
         got = (y,) + fast_backward(info, saved, dy)
         for g, w in zip(got, want):

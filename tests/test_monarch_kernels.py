@@ -14,7 +14,8 @@ from workbench.structures.monarch_kernels import (IMPLS, can_fold, choose_config
                                                   resolve_impl,
                                                   triton_available, two_level, unfold_rows,
                                                   use_cublas_stage1, use_cublas_stage2,
-                                                  use_fold)
+                                                  use_fold, use_pad)
+from workbench.structures.monarch_plan import pad_sizes, padded_transpose, wants_padding
 
 SHAPES = [(16, 16, 4), (64, 64, 8), (10, 7, 3), (7, 10, 3), (96, 384, 4), (384, 96, 4),
           (100, 30, 4), (5, 5, 64), (33, 65, 16), (128, 128, 1), (64, 64, 64), (17, 19, 2),
@@ -47,7 +48,8 @@ def test_torch_plan_matches_dense_and_plain_float64(i, o, b):
                       {"stage2": "cublas", "fold": False}, {"stage1": "cublas"},
                       {"stage1": "cublas", "stage2": "triton"},
                       {"stage1": "cublas", "fold": False},
-                      {"stage1": "cublas", "fold": False, "stage2": "triton"}):
+                      {"stage1": "cublas", "fold": False, "stage2": "triton"},
+                      {"pad": True}, {"pad": True, "copies": "torch"}, {"pad": False}):
         xi = x.clone().requires_grad_(True)
         y = monarch_multiply_fast(xi, layer.w1, layer.w2, o, impl="torch", overrides=overrides)
         got = (y,) + torch.autograd.grad(y, (xi, layer.w1, layer.w2), dy)
@@ -115,6 +117,26 @@ def test_fold_rows_round_trip_and_policy():
     assert not use_cublas_stage2({"stage2": "cublas", "gather": True})
     with pytest.raises(ValueError, match="stage2"):
         use_cublas_stage2({"stage2": "cutlass"})
+
+
+def test_padding_policy_and_padded_transpose():
+    """Odd block sizes of 32 or more take the padded plan by default (b = √n: 91 at n = 8192,
+    46 at n = 2048), aligned or tiny ones do not; the padded transpose is the plain grouping
+    where nothing is padded, keeps the logical elements where something is, and zeroes pads."""
+    assert pad_sizes(91, 91, 91) == (96, 96, 96) and pad_sizes(46, 46, 40) == (48, 48, 40)
+    assert wants_padding(91, 91, 91) and wants_padding(46, 46, 46)
+    assert not wants_padding(64, 64, 64) and not wants_padding(25, 8, 8)
+    assert use_pad({}, 91, 91, 91, 91) and not use_pad({}, 16, 64, 64, 64)
+    assert use_pad({"pad": True}, 4, 8, 8, 8) and not use_pad({"pad": False}, 91, 91, 91, 91)
+    assert not use_pad({"fold": True}, 4, 46, 64, 46)   # a fold plan keeps its own layout
+    with pytest.raises(ValueError, match="pad must be"):
+        use_pad({"pad": "yes"}, 4, 46, 46, 46)
+    x = torch.randn(3, 35)
+    assert torch.equal(padded_transpose(x, 7, 5).view(3, 5, 7), group(x, 5))
+    src = F.pad(x.view(3, 5, 7), (0, 1)).reshape(3, 40)     # runs of 7 at a pitch of 8
+    out = padded_transpose(src, 7, 5, src=(7, 8), dst=(7, 8)).view(3, 5, 8)
+    assert torch.equal(out[..., :7], padded_transpose(x, 7, 5).view(3, 5, 7))
+    assert torch.equal(out[..., 7], torch.zeros(3, 5))
 
 
 def test_plan_strides_address_every_element_once():
@@ -458,7 +480,8 @@ def test_triton_path_under_torch_compile(mode):
 
 
 # ---- the default plan as torch.library custom ops (monarch_op) -------------------------------
-@pytest.mark.parametrize("i, o, b", [(64, 64, 4), (256, 256, 2), (100, 30, 4), (64, 64, 1)])
+@pytest.mark.parametrize("i, o, b", [(64, 64, 4), (256, 256, 2), (100, 30, 4), (64, 64, 1),
+                                     (100, 120, 3)])
 def test_custom_ops_pass_opcheck(i, o, b):
     """Schema, fake (meta) shapes and strides, autograd registration and AOT dispatch of the
     two ops agree with their real implementations (torch.library.opcheck), on the torch plan."""

@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # noqa: F401
-                           choose_config, fold_rows, group, plan, two_level, unfold_rows,
-                           ungroup)
+                           choose_config, fold_rows, group, pad_sizes, padded_transpose, plan,
+                           transpose_index, two_level, unfold_rows, ungroup,
+                           wants_padding)
 
 IMPLS = ("auto", "plain", "torch", "triton", "dense")
 
@@ -121,6 +122,8 @@ class ForwardPass:
     fold: bool
     cublas: bool
     needs_input_grad: tuple = (True, True, True)
+    fused: bool = False
+    pad: bool = False
 
 
 def fast_forward(x, w1, w2, backend, overrides):
@@ -144,6 +147,15 @@ def fast_forward(x, w1, w2, backend, overrides):
     fold = use_fold(ov, b, q)
     cublas = use_cublas_stage2(ov)
     info = ForwardPass(sizes, backend, ov, fold, cublas)
+    if use_pad(ov, b, p, q, s):  # the copy plan on block sizes rounded up to 8
+        info.pad = True
+        y, saved = _padded_forward(x, w1c, w2c, ov, backend)
+        return y, saved, info
+    if use_fused(ov, backend, b, p, q, s):  # both stages and P2 in one kernel
+        from .monarch_fused import fused_forward
+        y, mid = fused_forward(x, w1c, w2c, ov.get("fused_config"))
+        info.fused = True
+        return y, (x, w1c, w2c, mid), info
     if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
         w1c = fold_rows(w1c)
         if use_cublas_stage1(ov, b, q):
@@ -187,6 +199,10 @@ def fast_backward(info: ForwardPass, saved, dy):
     x, w1, w2, mid = saved
     sizes, backend, ov = info.sizes, info.backend, info.overrides
     T, b, p, q, s = sizes
+    if info.pad:
+        return _padded_backward(info, dy, x, w1, w2, mid)
+    if info.fused:
+        return _fused_backward(info, dy, x, w1, w2, mid)
     if info.cublas:
         return _cublas_backward(info, dy, x, w1, w2, mid)
     if info.fold:
@@ -265,6 +281,111 @@ def _fold_backward(info, dy, x, w1p, w2, mid):
             dx = torch.empty_like(x)
             run_product("dx=dm@w1p", dm, w1p, dx, sizes, backend, ov)
     return dx, dw1, dw2
+
+
+def use_pad(overrides: dict, b: int, p: int, q: int, s: int) -> bool:
+    """Whether the padded copy plan runs (``_padded_forward``): ``overrides["pad"]`` if given
+    (True / False), else where ``monarch_plan.wants_padding`` (odd block sizes of 32 or more);
+    only in the default copy plan (cuBLAS products, no fold, gather or strided store)."""
+    choice = overrides.get("pad", "auto")
+    if choice not in ("auto", True, False):
+        raise ValueError(f"monarch: pad must be 'auto', True or False, got {choice!r}")
+    if (overrides.get("gather") or overrides.get("store", "copy") != "copy"
+            or use_fold(overrides, b, q) or not use_cublas_stage2(overrides)
+            or overrides.get("stage1", "auto") == "triton" or overrides.get("fused")):
+        return False
+    return wants_padding(p, q, s) if choice == "auto" else choice
+
+
+def _transpose(x, A: int, B: int, overrides: dict, backend: str, src=None, dst=None):
+    """``padded_transpose`` by the chosen copy: a Triton gather of whole rows by the map
+    ``transpose_index`` (``gather_columns``), or torch indexing."""
+    if _triton_copies(overrides, backend):
+        from .monarch_triton import gather_columns
+        return gather_columns(x.contiguous(), _device_index(A, B, src, dst, x.device))
+    return padded_transpose(x, A, B, src, dst)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(A, B, src, dst, device):
+    return transpose_index(A, B, src, dst).to(device=device, dtype=torch.int32)
+
+
+def _pad_blocks(x: torch.Tensor, b: int, p: int, p8: int) -> torch.Tensor:
+    """x (T, b·p) -> (T, b·p8), each block of p zero-padded to p8 (x itself if p8 == p)."""
+    if p8 == p:
+        return x
+    return F.pad(x.view(x.shape[0], b, p), (0, p8 - p)).view(x.shape[0], b * p8)
+
+
+def _padded_forward(x, w1, w2, overrides, backend):
+    """The copy plan on block sizes rounded up to multiples of 8, (p, q, s) -> (p8, q8, s8)
+    (``pad_sizes``): x's blocks and the weights zero-padded, so that every batched GEMM has
+    16-byte aligned strides (cuBLAS's fast kernels), while P1 and P2 stay those of (b, q):
+    the grouping copies read and write the middle block-padded (runs of q at a pitch of q8).
+    Returns (y (T, b·s), saved = (x8, w1_8, w2_8, mid (T, b, q8) with zero pads))."""
+    T = x.shape[0]
+    (b, q, p), s = w1.shape, w2.shape[1]
+    p8, q8, s8 = pad_sizes(p, q, s)
+    x8 = _pad_blocks(x, b, p, p8)
+    w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
+    w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
+    h = natural_stage1_bmm(x8, w1, b)                   # (T, b·q8): h[t, k·q + i] at k·q8 + i
+    mid = _transpose(h, q, b, overrides, backend, src=(q, q8), dst=(q, q8)).view(T, b, q8)
+    yg = bmm_into_grouped(mid.transpose(0, 1), w2.transpose(1, 2))   # (T, b, s8)
+    y = _transpose(yg.view(T, b * s8), b, s, overrides, backend, src=(s, s8))
+    return y, (x8, w1, w2, mid)
+
+
+def _padded_backward(info, dy, x, w1, w2, mid):
+    """Gradients of ``_padded_forward``. x, w1, w2 may come padded (saved by the autograd
+    function) or not (the custom op saves its inputs): padded here where needed."""
+    T, b, p, q, s = info.sizes
+    p8, q8, s8 = pad_sizes(p, q, s)
+    ov, backend = info.overrides, info.backend
+    if x.shape[1] != b * p8:
+        x = _pad_blocks(x, b, p, p8)
+    if w1.shape[1:] != (q8, p8):
+        w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
+    if w2.shape[1:] != (s8, q8):
+        w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
+    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
+    dyT = _transpose(dy.contiguous(), s, b, ov, backend, dst=(s, s8)).view(T, b, s8).transpose(
+        0, 1)                                           # (b, T, s8) [l, t, s'], pads zero
+    dx = dw1 = dw2 = None
+    if need_w2:
+        dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))[:, :s, :q].contiguous()
+    if need_x or need_w1:
+        dm = bmm_into_grouped(dyT, w2)                  # (T, b, q8)
+        dh = _transpose(dm.view(T, b * q8), b, q, ov, backend, src=(q, q8), dst=(q, q8))
+        dx8, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
+        if dx8 is not None:
+            dx = dx8.view(T, b, p8)[:, :, :p].reshape(T, b * p)
+        if dw1 is not None:
+            dw1 = dw1[:, :q, :p].contiguous()
+    return dx, dw1, dw2
+
+
+def use_fused(overrides: dict, backend: str, b: int, p: int, q: int, s: int) -> bool:
+    """Whether the fused plan runs (``monarch_fused``): only when asked
+    (``overrides["fused"]``), on the Triton back end and where it applies (``can_fuse``)."""
+    if not overrides.get("fused") or backend != "triton":
+        return False
+    from .monarch_fused import can_fuse
+    return can_fuse(b, p, q, s)
+
+
+def _fused_backward(info, dy, x, w1, w2, mid):
+    """Backward of the fused plan: one kernel for dx (and the grouped dy and the fold-order
+    middle gradient it leaves behind), then dw1 and dw2 as one cuBLAS batched GEMM each."""
+    from .monarch_fused import fused_backward_data, fused_weight_grads
+    b = info.sizes[1]
+    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
+    ov = info.overrides
+    dx, dyg, dhf = fused_backward_data(dy.contiguous(), w1, w2,
+                                       ov.get("fused_config_bwd", ov.get("fused_config")))
+    dw1p, dw2 = fused_weight_grads(x, dyg, dhf, mid, b, need_w1, need_w2)
+    return (dx if need_x else None), (unfold_rows(dw1p) if need_w1 else None), dw2
 
 
 def bmm_into_grouped(a: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ layer per step, benchmarks/NOTES.md "In whole models") that made small models sl
 Shapes, on padded sizes (see ``monarch_kernels``): x (T, b·p), w1 (b, q, p), w2 (b, s, q).
 
     monarch_forward(x, w1, w2, backend)                  -> y (T, b·s), mid (T, b, q)
+                                          (mid (T, b, q8) under the padded plan, ``use_pad``)
     monarch_backward(dy, x, w1, w2, mid, backend, needs) -> dx, dw1, dw2
 
 ``needs`` says which of (dx, dw1, dw2) to compute; the others come back empty (0 elements).
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .monarch_kernels import ForwardPass, fast_backward, fast_forward, use_cublas_stage2, use_fold
-from .monarch_plan import fold_rows
+from .monarch_kernels import (ForwardPass, fast_backward, fast_forward, use_cublas_stage2,
+                              use_fold, use_pad)
+from .monarch_plan import fold_rows, pad_sizes
 
 BACKENDS = ("triton", "torch")
 
@@ -33,8 +35,9 @@ def _check_backend(backend: str) -> None:
 def _info(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, backend: str,
           needs=(True, True, True)) -> ForwardPass:
     b, q, p = w1.shape
-    return ForwardPass((x.shape[0], b, p, q, w2.shape[1]), backend, {}, use_fold({}, b, q),
-                       use_cublas_stage2({}), tuple(needs))
+    s = w2.shape[1]
+    return ForwardPass((x.shape[0], b, p, q, s), backend, {}, use_fold({}, b, q),
+                       use_cublas_stage2({}), tuple(needs), pad=use_pad({}, b, p, q, s))
 
 
 @torch.library.custom_op("workbench::monarch_forward", mutates_args=())
@@ -50,9 +53,11 @@ def monarch_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
 
 @monarch_forward.register_fake
 def _(x, w1, w2, backend):
-    b, q, _ = w1.shape
-    T = x.shape[0]
-    return x.new_empty(T, b * w2.shape[1]), x.new_empty(T, b, q)
+    b, q, p = w1.shape
+    s, T = w2.shape[1], x.shape[0]
+    if use_pad({}, b, p, q, s):  # the padded plan keeps the middle block-padded
+        q = pad_sizes(p, q, s)[1]
+    return x.new_empty(T, b * s), x.new_empty(T, b, q)
 
 
 @torch.library.custom_op("workbench::monarch_backward", mutates_args=())

@@ -6,6 +6,8 @@ input x (T, b·p), middle h (T, b·q) in its natural order ``j = k·q + i``, out
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -123,3 +125,50 @@ def choose_config(name: str, G: int, M: int, N: int, K: int, sms: int = 132,
             split *= 2
         cfg["SPLIT_K"] = split
     return cfg
+
+
+# ---- block padding: odd block sizes (b = √n, e.g. 91 at n = 8192) rounded up to 8 -------------
+PAD_ALIGN = 8     # elements: 16 bytes in bfloat16, what cuBLAS's fast kernels need of strides
+PAD_MIN = 32      # smallest block padded (below it the pads would add a quarter or more)
+
+
+def pad_sizes(p: int, q: int, s: int) -> tuple:
+    """(p, q, s) each rounded up to a multiple of ``PAD_ALIGN``."""
+    return tuple(-(-v // PAD_ALIGN) * PAD_ALIGN for v in (p, q, s))
+
+
+def wants_padding(p: int, q: int, s: int) -> bool:
+    """Whether the padded plan pays by default: a block size is not a multiple of 8 and none
+    is below ``PAD_MIN``. On the H200 at b=91 (p=91) a stage-1 batched GEMM took 0.466 ms and
+    at p=96 0.198 ms; at b=45 (p=46) 0.124 against 0.057 at p=48
+    (benchmarks/results/monarch_align_h200.json)."""
+    return any(v % PAD_ALIGN for v in (p, q, s)) and min(p, q, s) >= PAD_MIN
+
+
+def padded_index(u: torch.Tensor, c: int, pitch: int) -> torch.Tensor:
+    """Where logical element u of a block-padded row sits: runs of c at a pitch of ``pitch``."""
+    return u // c * pitch + u % c
+
+
+@functools.lru_cache(maxsize=256)
+def transpose_index(A: int, B: int, src=None, dst=None) -> torch.Tensor:
+    """The gather map (CPU, int64) of a per-row transpose: for each element of out's row, the
+    position in x's row it copies (-1 for out's pads), where out[j·A + i] = x[i·B + j] on
+    logical indices and x's / out's rows are block-padded as (c, pitch) = ``src`` / ``dst``
+    (None: not padded)."""
+    cin, pin = src or (A * B, A * B)
+    cout, pout = dst or (A * B, A * B)
+    i, j = torch.arange(A)[None, :], torch.arange(B)[:, None]           # o = j·A + i
+    index = torch.full((A * B // cout * pout,), -1, dtype=torch.int64)
+    index[padded_index((j * A + i).reshape(-1), cout, pout)] = padded_index(
+        (i * B + j).reshape(-1), cin, pin)
+    return index
+
+
+def padded_transpose(x: torch.Tensor, A: int, B: int, src=None, dst=None) -> torch.Tensor:
+    """The per-row transpose of ``transpose_index`` by torch indexing (any device and dtype):
+    out[t, j·A + i] = x[t, i·B + j] on logical indices; out's pads are zero."""
+    index = transpose_index(A, B, src, dst).to(x.device)
+    out = x[:, index.clamp_min(0)]
+    out[:, index < 0] = 0
+    return out
