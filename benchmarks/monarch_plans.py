@@ -5,8 +5,7 @@ GPU only.
 
 Plans (``overrides`` of ``monarch_multiply_fast``): ``default`` (whatever the policy picks),
 ``copy_cublas1`` (copy plan, first factor on cuBLAS), ``copy_triton1`` (copy plan, first factor
-on the Triton kernel), ``fold`` (the fold plan, its own stage-1 rule) and ``fused`` (both
-stages and P2 in one Triton kernel per pass, ``monarch_fused``). bf16, 16384 tokens,
+on the Triton kernel) and ``fold`` (the fold plan, its own stage-1 rule). bf16, 16384 tokens,
 square layers without bias; times are medians in ms of ``benchmarks/monarch.py``'s ``bench``
 (eager) and ``bench_graphed`` (the fwd+bwd replayed as one CUDA graph).
 """
@@ -27,8 +26,7 @@ from workbench.structures import MonarchLinear  # noqa: E402
 from workbench.structures.monarch_kernels import monarch_multiply_fast  # noqa: E402
 
 PLANS = {"default": None, "copy_cublas1": {"fold": False, "stage1": "cublas"},
-         "copy_triton1": {"fold": False, "stage1": "triton"}, "fold": {"fold": True},
-         "fused": {"fused": True}}
+         "copy_triton1": {"fold": False, "stage1": "triton"}, "fold": {"fold": True}}
 SHAPES = [(4096, 16), (8192, 16), (2048, 4), (4096, 4), (1024, 4), (2048, 16)]
 
 

@@ -22,6 +22,10 @@ copies on the first factor's side: with w1's rows permuted within each block (``
 stage 1 writes m directly and its gradients read the grouped dh (dm) directly, through a
 two-level index (runs of q/b contiguous elements) that only the Triton kernel can address.
 It was the default until cuBLAS took over the copy plan's first factor (``use_fold``).
+The "padded" plan (the default where a block size is not a multiple of 8, e.g. b = √n with
+blocks of 91; ``use_pad``) is the copy plan on blocks rounded up to multiples of 8, so that
+cuBLAS gets 16-byte aligned strides, with its copies as Triton row gathers that keep P1 and
+P2 those of the unpadded sizes (``_padded_forward``).
 ``monarch_plan.plan`` lists every Triton product's strides. Back ends: ``"triton"`` (CUDA) and
 ``"torch"``, which runs the same plan with torch's copies and ``as_strided`` + ``matmul`` in
 place of the Triton kernels (any device; it tests the plan).
@@ -122,7 +126,6 @@ class ForwardPass:
     fold: bool
     cublas: bool
     needs_input_grad: tuple = (True, True, True)
-    fused: bool = False
     pad: bool = False
 
 
@@ -151,11 +154,6 @@ def fast_forward(x, w1, w2, backend, overrides):
         info.pad = True
         y, saved = _padded_forward(x, w1c, w2c, ov, backend)
         return y, saved, info
-    if use_fused(ov, backend, b, p, q, s):  # both stages and P2 in one kernel
-        from .monarch_fused import fused_forward
-        y, mid = fused_forward(x, w1c, w2c, ov.get("fused_config"))
-        info.fused = True
-        return y, (x, w1c, w2c, mid), info
     if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
         w1c = fold_rows(w1c)
         if use_cublas_stage1(ov, b, q):
@@ -201,8 +199,6 @@ def fast_backward(info: ForwardPass, saved, dy):
     T, b, p, q, s = sizes
     if info.pad:
         return _padded_backward(info, dy, x, w1, w2, mid)
-    if info.fused:
-        return _fused_backward(info, dy, x, w1, w2, mid)
     if info.cublas:
         return _cublas_backward(info, dy, x, w1, w2, mid)
     if info.fold:
@@ -292,7 +288,7 @@ def use_pad(overrides: dict, b: int, p: int, q: int, s: int) -> bool:
         raise ValueError(f"monarch: pad must be 'auto', True or False, got {choice!r}")
     if (overrides.get("gather") or overrides.get("store", "copy") != "copy"
             or use_fold(overrides, b, q) or not use_cublas_stage2(overrides)
-            or overrides.get("stage1", "auto") == "triton" or overrides.get("fused")):
+            or overrides.get("stage1", "auto") == "triton"):
         return False
     return wants_padding(p, q, s) if choice == "auto" else choice
 
@@ -364,28 +360,6 @@ def _padded_backward(info, dy, x, w1, w2, mid):
         if dw1 is not None:
             dw1 = dw1[:, :q, :p].contiguous()
     return dx, dw1, dw2
-
-
-def use_fused(overrides: dict, backend: str, b: int, p: int, q: int, s: int) -> bool:
-    """Whether the fused plan runs (``monarch_fused``): only when asked
-    (``overrides["fused"]``), on the Triton back end and where it applies (``can_fuse``)."""
-    if not overrides.get("fused") or backend != "triton":
-        return False
-    from .monarch_fused import can_fuse
-    return can_fuse(b, p, q, s)
-
-
-def _fused_backward(info, dy, x, w1, w2, mid):
-    """Backward of the fused plan: one kernel for dx (and the grouped dy and the fold-order
-    middle gradient it leaves behind), then dw1 and dw2 as one cuBLAS batched GEMM each."""
-    from .monarch_fused import fused_backward_data, fused_weight_grads
-    b = info.sizes[1]
-    need_x, need_w1, need_w2 = info.needs_input_grad[:3]
-    ov = info.overrides
-    dx, dyg, dhf = fused_backward_data(dy.contiguous(), w1, w2,
-                                       ov.get("fused_config_bwd", ov.get("fused_config")))
-    dw1p, dw2 = fused_weight_grads(x, dyg, dhf, mid, b, need_w1, need_w2)
-    return (dx if need_x else None), (unfold_rows(dw1p) if need_w1 else None), dw2
 
 
 def bmm_into_grouped(a: torch.Tensor, b_: torch.Tensor) -> torch.Tensor:
