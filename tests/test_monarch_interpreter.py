@@ -31,7 +31,8 @@ for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16),   # foldable, padded
                {"stage1": "triton", "stage2": "triton", "copies": "torch"},
                {"fold": True}, {"fold": True, "stage2": "triton"},
                {"fold": True, "stage1": "cublas"}, {"fold": True, "copies": "torch"},
-               {"fold": True, "stage2": "triton", "copies": "torch"}, {"pad": True}):
+               {"fold": True, "stage2": "triton", "copies": "torch"}, {"pad": True},
+               {"copies": "triton"}, {"fold": True, "copies": "triton"}):
         y, saved, info = fast_forward(x, w1, w2, "triton", ov)
         got = (y,) + fast_backward(info, saved, dy)
         for g, w in zip(got, want):

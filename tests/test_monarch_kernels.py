@@ -139,6 +139,20 @@ def test_padding_policy_and_padded_transpose():
     assert torch.equal(out[..., 7], torch.zeros(3, 5))
 
 
+def test_copies_policy():
+    """"auto" copies: Triton for large copies, for those with no fast torch equivalent
+    (numel None) and under CUDA-graph capture; torch's copy for small ones (host-bound)."""
+    from workbench.structures.monarch_kernels import TORCH_COPIES_MAX, _triton_copies
+    assert not _triton_copies({}, "torch", None)
+    assert _triton_copies({}, "triton", None)
+    assert _triton_copies({}, "triton", TORCH_COPIES_MAX + 1)
+    assert not _triton_copies({}, "triton", 1024) or torch.cuda.is_current_stream_capturing()
+    assert _triton_copies({"copies": "triton"}, "triton", 1024)
+    assert not _triton_copies({"copies": "torch"}, "triton", None)
+    with pytest.raises(ValueError, match="copies must be"):
+        _triton_copies({"copies": "cuda"}, "triton", 1)
+
+
 def test_plan_strides_address_every_element_once():
     """Each product's C view covers its output tensor exactly once (no gaps, no overlap)."""
     T, b, p, q, s = 5, 3, 4, 4, 6

@@ -376,7 +376,7 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = Non
     batches with a row stride b·q, no copy): Y (b, T, s), then one copy to P2's order,
     y[t, s'·b + l] = Y[l, t, s'] -> (T, b·s). With the Triton copies, cuBLAS writes Y grouped
     (T, b, s) through strides and the copy is a per-row transpose."""
-    if _triton_copies(overrides or {}, backend):
+    if _triton_copies(overrides or {}, backend, mid.shape[0] * mid.shape[1] * w2.shape[1]):
         yg = bmm_into_grouped(mid.transpose(0, 1), w2.transpose(1, 2))  # (T, b, s)
         return _ungroup(yg, overrides, backend)
     Y = torch.bmm(mid.transpose(0, 1), w2.transpose(1, 2))
@@ -387,19 +387,34 @@ def stage2_bmm(mid: torch.Tensor, w2: torch.Tensor, overrides: dict | None = Non
 # transpose ("triton", ``row_transpose``: 3.8-3.9 TB/s at n >= 4096 on the H200, within 6% of
 # a plain clone of the same bytes) or by torch's strided copy ("torch": 1.4-1.9 TB/s at b <= 16,
 # 0.9 at b = 64). benchmarks/results/monarch_copies_h200.json has the sweep.
-COPIES_DEFAULT = "triton"
+# "auto" (the default) takes torch's copy for copies of at most TORCH_COPIES_MAX elements
+# outside CUDA-graph capture: there a fwd+bwd is host-bound, and one C++ launch costs less than
+# Triton's Python launcher. H200, eager fwd+bwd ms side by side, Triton copies / "auto":
+# 1.204 / 0.646 at (1024, 4), 1.210 / 0.968 at (1024, 16), 1.264 / 0.986 at (2048, 4),
+# 1.390 / 0.843 at (2048, 16); under CUDA graphs both take Triton's (0.226, 0.208, 0.501,
+# 0.382), which beats torch's there (0.209 / 0.288 at (1024, 16), v12); from n = 4096 Triton's
+# wins eager too (results/monarch_h200_v13_copies.json, monarch_h200_v12.json).
+COPIES_DEFAULT = "auto"
+TORCH_COPIES_MAX = 1 << 25        # elements (16384 tokens x 2048 features)
 
 
-def _triton_copies(overrides: dict, backend: str) -> bool:
+def _triton_copies(overrides: dict, backend: str, numel: int | None = None) -> bool:
+    """Whether a grouping copy of ``numel`` elements runs on Triton (``overrides["copies"]``,
+    else ``COPIES_DEFAULT``); ``numel=None``: a copy that has no torch equivalent as fast."""
     choice = overrides.get("copies", COPIES_DEFAULT)
-    if choice not in ("torch", "triton"):
-        raise ValueError(f"monarch: copies must be 'torch' or 'triton', got {choice!r}")
-    return choice == "triton" and backend == "triton"
+    if choice not in ("auto", "torch", "triton"):
+        raise ValueError(f"monarch: copies must be 'auto', 'torch' or 'triton', got {choice!r}")
+    if backend != "triton":
+        return False
+    if choice == "auto":
+        return (numel is None or numel > TORCH_COPIES_MAX
+                or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()))
+    return choice == "triton"
 
 
 def _group(t: torch.Tensor, b: int, overrides: dict, backend: str) -> torch.Tensor:
     """``group`` (T, c·b) [t, r·b + l] -> (T, b, c) [t, l, r], by the chosen copy."""
-    if not _triton_copies(overrides, backend):
+    if not _triton_copies(overrides, backend, t.numel()):
         return group(t, b)
     from .monarch_triton import row_transpose
     c = t.shape[1] // b
@@ -408,7 +423,7 @@ def _group(t: torch.Tensor, b: int, overrides: dict, backend: str) -> torch.Tens
 
 def _ungroup(t: torch.Tensor, overrides: dict, backend: str) -> torch.Tensor:
     """``ungroup`` (T, b, c) -> (T, c·b) natural order, by the chosen copy."""
-    if not _triton_copies(overrides, backend):
+    if not _triton_copies(overrides, backend, t.numel()):
         return ungroup(t)
     from .monarch_triton import row_transpose
     T, b, c = t.shape
