@@ -16,7 +16,8 @@ plan (the "copy" plan) makes one grouping copy per pass — m[t, l, r] = h[t, r�
 dy grouped the same way backward — and copies each stage-2 output back to natural order: four
 copies per forward+backward instead of the plain path's ~ten, all six GEMMs on contiguous
 operands, run by cuBLAS (``STAGE2_DEFAULT``, ``use_cublas_stage1``), and the copies by a Triton
-per-row transpose at the copy bandwidth (``COPIES_DEFAULT``).
+per-row transpose at the copy bandwidth, or for small layers outside CUDA graphs, where a
+pass is host-bound, by torch's copy (``COPIES_DEFAULT``).
 The "fold" plan (opt-in, ``overrides={"fold": True}``, where b divides q) removes the two
 copies on the first factor's side: with w1's rows permuted within each block (``fold_rows``),
 stage 1 writes m directly and its gradients read the grouped dh (dm) directly, through a
