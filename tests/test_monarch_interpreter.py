@@ -37,6 +37,17 @@ for i, o, b in [(128, 128, 2), (96, 64, 4), (256, 256, 16),   # foldable, padded
         got = (y,) + fast_backward(info, saved, dy)
         for g, w in zip(got, want):
             worst = max(worst, float((g.double() - w.detach()).norm() / w.detach().norm()))
+for i, o, b in [(90, 70, 6), (273, 270, 3)]:   # the padded plan on unpadded x, y cut to o
+    layer = MonarchLinear(i, o, b, bias=False)
+    x, dy = torch.randn(33, i), torch.randn(33, o)
+    w1, w2 = layer.w1.detach(), layer.w2.detach()
+    ref = [t.double().requires_grad_(True) for t in (x, w1, w2)]
+    y_ref = monarch_multiply(*ref, o)
+    want = (y_ref,) + torch.autograd.grad(y_ref, ref, dy.double())
+    y, saved, info = fast_forward(x, w1, w2, "triton", {"pad": True}, out_features=o)
+    got = (y,) + fast_backward(info, saved, dy)
+    for g, w in zip(got, want):
+        worst = max(worst, float((g.double() - w.detach()).norm() / w.detach().norm()))
 print(worst)
 """
 

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from .monarch_plan import (STAGE2_GATHER, TWO_LEVEL, WEIGHT_GRADS, can_fold,  # noqa: F401
-                           choose_config, fold_rows, group, pad_sizes, padded_transpose, plan,
-                           transpose_index, two_level, unfold_rows, ungroup,
-                           wants_padding)
+                           choose_config, fold_rows, gather_index, group, pad_index, pad_sizes,
+                           plan, transpose_index, two_level, unfold_rows, ungroup,
+                           unpad_index, wants_padding)
 
 IMPLS = ("auto", "plain", "torch", "triton", "dense")
 
@@ -128,13 +128,16 @@ class ForwardPass:
     cublas: bool
     needs_input_grad: tuple = (True, True, True)
     pad: bool = False
+    in_features: int | None = None   # x's width when the padded plan took it unpadded
 
 
-def fast_forward(x, w1, w2, backend, overrides):
+def fast_forward(x, w1, w2, backend, overrides, out_features=None):
     """(x (T, b·p), w1 (b, q, p), w2 (b, s, q)) -> y (T, b·s) on padded sizes by the plan.
 
     Returns ``(y, saved, info)``: ``saved`` = (x, w1 as used (row-folded under "fold"), w2,
     the grouped middle (T, b, q) or h (T, b·q) under "gather") and ``info`` a ``ForwardPass``.
+    The padded plan (``use_pad``) also takes x of fewer than b·p features and, given
+    ``out_features``, returns y (T, out_features): it pads and cuts in its own row gathers.
 
     ``overrides["store"]``: ``"copy"`` (default: stage-2 outputs grouped, then one copy to
     natural order) or ``"strided"`` (written in natural order by a stride-b store: 5-30x slower
@@ -152,8 +155,8 @@ def fast_forward(x, w1, w2, backend, overrides):
     cublas = use_cublas_stage2(ov)
     info = ForwardPass(sizes, backend, ov, fold, cublas)
     if use_pad(ov, b, p, q, s):  # the copy plan on block sizes rounded up to 8
-        info.pad = True
-        y, saved = _padded_forward(x, w1c, w2c, ov, backend)
+        info.pad, info.in_features = True, x.shape[1]
+        y, saved = _padded_forward(x, w1c, w2c, ov, backend, out_features)
         return y, saved, info
     if fold:  # stage 1 writes m (T, b, q) directly: no grouping copy
         w1c = fold_rows(w1c)
@@ -248,15 +251,15 @@ class _MonarchFunction(torch.autograd.Function):
     tests of the plan variants); the default plan runs as the custom op of ``monarch_op``."""
 
     @staticmethod
-    def forward(ctx, x, w1, w2, backend, overrides):
-        y, saved, ctx.info = fast_forward(x, w1, w2, backend, overrides)
+    def forward(ctx, x, w1, w2, backend, overrides, out_features=None):
+        y, saved, ctx.info = fast_forward(x, w1, w2, backend, overrides, out_features)
         ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         ctx.info.needs_input_grad = ctx.needs_input_grad[:3]
-        return fast_backward(ctx.info, ctx.saved_tensors, dy) + (None, None)
+        return fast_backward(ctx.info, ctx.saved_tensors, dy) + (None, None, None)
 
 
 def _fold_backward(info, dy, x, w1p, w2, mid):
@@ -294,70 +297,70 @@ def use_pad(overrides: dict, b: int, p: int, q: int, s: int) -> bool:
     return wants_padding(p, q, s) if choice == "auto" else choice
 
 
-def _transpose(x, A: int, B: int, overrides: dict, backend: str, src=None, dst=None):
-    """``padded_transpose`` by the chosen copy: a Triton gather of whole rows by the map
-    ``transpose_index`` (``gather_columns``), or torch indexing."""
+def _gather(x: torch.Tensor, map_name: str, args: tuple, overrides: dict, backend: str):
+    """x (T, m) gathered by the index map ``monarch_plan.<map_name>(*args)``: by the Triton
+    row gather (``gather_columns``) or torch indexing (``gather_index``), as the copies go."""
     if _triton_copies(overrides, backend):
         from .monarch_triton import gather_columns
-        return gather_columns(x.contiguous(), _device_index(A, B, src, dst, x.device))
-    return padded_transpose(x, A, B, src, dst)
+        return gather_columns(x.contiguous(), _device_index(map_name, args, x.device))
+    return gather_index(x, _INDEX_MAPS[map_name](*args))
+
+
+_INDEX_MAPS = {"transpose": transpose_index, "pad": pad_index, "unpad": unpad_index}
 
 
 @functools.lru_cache(maxsize=256)
-def _device_index(A, B, src, dst, device):
-    return transpose_index(A, B, src, dst).to(device=device, dtype=torch.int32)
+def _device_index(map_name: str, args: tuple, device):
+    return _INDEX_MAPS[map_name](*args).to(device=device, dtype=torch.int32)
 
 
-def _pad_blocks(x: torch.Tensor, b: int, p: int, p8: int) -> torch.Tensor:
-    """x (T, b·p) -> (T, b·p8), each block of p zero-padded to p8 (x itself if p8 == p)."""
-    if p8 == p:
-        return x
-    return F.pad(x.view(x.shape[0], b, p), (0, p8 - p)).view(x.shape[0], b * p8)
-
-
-def _padded_forward(x, w1, w2, overrides, backend):
+def _padded_forward(x, w1, w2, overrides, backend, out_features=None):
     """The copy plan on block sizes rounded up to multiples of 8, (p, q, s) -> (p8, q8, s8)
     (``pad_sizes``): x's blocks and the weights zero-padded, so that every batched GEMM has
     16-byte aligned strides (cuBLAS's fast kernels), while P1 and P2 stay those of (b, q):
-    the grouping copies read and write the middle block-padded (runs of q at a pitch of q8).
-    Returns (y (T, b·s), saved = (x8, w1_8, w2_8, mid (T, b, q8) with zero pads))."""
+    the copies are row gathers by index maps that read and write the middle block-padded (runs
+    of q at a pitch of q8). x (T, n_in) with n_in <= b·p (padded here, in the same gather);
+    returns (y (T, out_features or b·s), saved = (x8, w1_8, w2_8, mid (T, b, q8), pads 0))."""
     T = x.shape[0]
     (b, q, p), s = w1.shape, w2.shape[1]
     p8, q8, s8 = pad_sizes(p, q, s)
-    x8 = _pad_blocks(x, b, p, p8)
+    x8 = _gather(x, "pad", (x.shape[1], p, p8, b), overrides, backend)         # (T, b·p8)
     w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
     w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
     h = natural_stage1_bmm(x8, w1, b)                   # (T, b·q8): h[t, k·q + i] at k·q8 + i
-    mid = _transpose(h, q, b, overrides, backend, src=(q, q8), dst=(q, q8)).view(T, b, q8)
+    mid = _gather(h, "transpose", (q, b, (q, q8), (q, q8)), overrides, backend).view(T, b, q8)
     yg = bmm_into_grouped(mid.transpose(0, 1), w2.transpose(1, 2))   # (T, b, s8)
-    y = _transpose(yg.view(T, b * s8), b, s, overrides, backend, src=(s, s8))
+    y = _gather(yg.view(T, b * s8), "transpose", (b, s, (s, s8), None, None, out_features),
+                overrides, backend)
     return y, (x8, w1, w2, mid)
 
 
 def _padded_backward(info, dy, x, w1, w2, mid):
-    """Gradients of ``_padded_forward``. x, w1, w2 may come padded (saved by the autograd
-    function) or not (the custom op saves its inputs): padded here where needed."""
+    """Gradients of ``_padded_forward``: dy (T, out) with out <= b·s, dx (T, n_in). x, w1, w2
+    may come padded (saved by the autograd function) or not (the custom op saves its inputs):
+    padded here where needed."""
     T, b, p, q, s = info.sizes
     p8, q8, s8 = pad_sizes(p, q, s)
     ov, backend = info.overrides, info.backend
+    n_in = info.in_features or b * p
     if x.shape[1] != b * p8:
-        x = _pad_blocks(x, b, p, p8)
+        x = _gather(x, "pad", (x.shape[1], p, p8, b), ov, backend)
     if w1.shape[1:] != (q8, p8):
         w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
     if w2.shape[1:] != (s8, q8):
         w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
     need_x, need_w1, need_w2 = info.needs_input_grad[:3]
-    dyT = _transpose(dy.contiguous(), s, b, ov, backend, dst=(s, s8)).view(T, b, s8).transpose(
-        0, 1)                                           # (b, T, s8) [l, t, s'], pads zero
+    dyg = _gather(dy, "transpose", (s, b, None, (s, s8), dy.shape[1]), ov, backend)
+    dyT = dyg.view(T, b, s8).transpose(0, 1)            # (b, T, s8) [l, t, s'], pads zero
     dx = dw1 = dw2 = None
     if need_w2:
         dw2 = torch.bmm(dyT.transpose(1, 2), mid.transpose(0, 1))[:, :s, :q].contiguous()
     if need_x or need_w1:
         dm = bmm_into_grouped(dyT, w2)                  # (T, b, q8)
-        dh = _transpose(dm.view(T, b * q8), b, q, ov, backend, src=(q, q8), dst=(q, q8))
+        dh = _gather(dm.view(T, b * q8), "transpose", (b, q, (q, q8), (q, q8)), ov, backend)
         dx8, dw1 = natural_stage1_backward(dh, x, w1, need_x, need_w1)
         if dx8 is not None:
-            dx = dx8.view(T, b, p8)[:, :, :p].reshape(T, b * p)
+            dx = _gather(dx8, "unpad", (n_in, p, p8), ov, backend)
         if dw1 is not None:
             dw1 = dw1[:, :q, :p].contiguous()
     return dx, dw1, dw2
@@ -603,14 +606,18 @@ def monarch_multiply_fast(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
         weight = monarch_weight(w1, w2, out_features, x.shape[1])
         return x @ weight.to(x.dtype).T
     b, q, p = w1.shape
-    if x.shape[1] < b * p:
+    op = torch.compiler.is_compiling() and not overrides
+    # the padded plan (odd block sizes) pads x and cuts y in its own gathers: no F.pad copy
+    direct = not op and use_pad(overrides or {}, b, p, q, w2.shape[1])
+    if x.shape[1] < b * p and not direct:
         x = F.pad(x, (0, b * p - x.shape[1]))
     w1, w2 = w1.to(x.dtype), w2.to(x.dtype)
-    if torch.compiler.is_compiling() and not overrides:
+    if op:
         # the default plan as a custom op: one graph under torch.compile (the autograd function
         # breaks it); eager calls skip the op's dispatch (60-100 us per fwd+bwd on a CPU host)
         from .monarch_op import monarch_product
         y = monarch_product(x, w1, w2, backend)
     else:
-        y = _MonarchFunction.apply(x, w1, w2, backend, overrides)
+        y = _MonarchFunction.apply(x, w1, w2, backend, overrides,
+                                   out_features if direct else None)
     return y if y.shape[1] == out_features else y[:, :out_features]

@@ -151,24 +151,50 @@ def padded_index(u: torch.Tensor, c: int, pitch: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def transpose_index(A: int, B: int, src=None, dst=None) -> torch.Tensor:
+def transpose_index(A: int, B: int, src=None, dst=None, limit: int | None = None,
+                    cut: int | None = None) -> torch.Tensor:
     """The gather map (CPU, int64) of a per-row transpose: for each element of out's row, the
     position in x's row it copies (-1 for out's pads), where out[j·A + i] = x[i·B + j] on
     logical indices and x's / out's rows are block-padded as (c, pitch) = ``src`` / ``dst``
-    (None: not padded)."""
+    (None: not padded). ``limit``: x's row holds only the first ``limit`` logical elements
+    (the rest read as zero: an unpadded input of fewer features than b·p); ``cut``: out keeps
+    its first ``cut`` elements only (an output of fewer features than b·s)."""
     cin, pin = src or (A * B, A * B)
     cout, pout = dst or (A * B, A * B)
     i, j = torch.arange(A)[None, :], torch.arange(B)[:, None]           # o = j·A + i
+    u = (i * B + j).reshape(-1)
     index = torch.full((A * B // cout * pout,), -1, dtype=torch.int64)
-    index[padded_index((j * A + i).reshape(-1), cout, pout)] = padded_index(
-        (i * B + j).reshape(-1), cin, pin)
+    index[padded_index((j * A + i).reshape(-1), cout, pout)] = torch.where(
+        u < (A * B if limit is None else limit), padded_index(u, cin, pin), -1)
+    return index if cut is None else index[:cut].clone()
+
+
+@functools.lru_cache(maxsize=256)
+def pad_index(n: int, c: int, pitch: int, blocks: int) -> torch.Tensor:
+    """The gather map of ``blocks`` blocks of c taken from a row of n <= blocks·c elements
+    (zero beyond n) and padded to ``pitch`` each (zero pads): x (T, n) -> (T, blocks·pitch)."""
+    u = torch.arange(blocks * c)
+    index = torch.full((blocks * pitch,), -1, dtype=torch.int64)
+    index[padded_index(u, c, pitch)] = torch.where(u < n, u, -1)
     return index
+
+
+@functools.lru_cache(maxsize=256)
+def unpad_index(n: int, c: int, pitch: int) -> torch.Tensor:
+    """The inverse of ``pad_index``: the first n logical elements of block-padded rows."""
+    return padded_index(torch.arange(n), c, pitch)
+
+
+def gather_index(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (T, m) -> (T, len(index)): out[:, o] = x[:, index[o]], 0 where index[o] < 0, by torch
+    indexing (any device and dtype; ``monarch_triton.gather_columns`` is the GPU kernel)."""
+    index = index.to(x.device)
+    out = x[:, index.clamp_min(0)]
+    out[:, index < 0] = 0
+    return out
 
 
 def padded_transpose(x: torch.Tensor, A: int, B: int, src=None, dst=None) -> torch.Tensor:
     """The per-row transpose of ``transpose_index`` by torch indexing (any device and dtype):
     out[t, j·A + i] = x[t, i·B + j] on logical indices; out's pads are zero."""
-    index = transpose_index(A, B, src, dst).to(x.device)
-    out = x[:, index.clamp_min(0)]
-    out[:, index < 0] = 0
-    return out
+    return gather_index(x, transpose_index(A, B, src, dst))
