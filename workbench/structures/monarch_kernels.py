@@ -314,6 +314,20 @@ def _device_index(map_name: str, args: tuple, device):
     return _INDEX_MAPS[map_name](*args).to(device=device, dtype=torch.int32)
 
 
+def _padded_operands(x, w1, w2, blocks: tuple, overrides: dict, backend: str):
+    """x (T, n) with n <= b·p, w1 (b, q, p), w2 (b, s, q) -> x8 (T, b·p8), w1_8 (b, q8, p8),
+    w2_8 (b, s8, q8), zero-padded (``pad_sizes``); operands already padded pass unchanged."""
+    b, p, q, s = blocks
+    p8, q8, s8 = pad_sizes(p, q, s)
+    if x.shape[1] != b * p8:
+        x = _gather(x, "pad", (x.shape[1], p, p8, b), overrides, backend)
+    if w1.shape[1:] != (q8, p8):
+        w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
+    if w2.shape[1:] != (s8, q8):
+        w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
+    return x, w1, w2
+
+
 def _padded_forward(x, w1, w2, overrides, backend, out_features=None):
     """The copy plan on block sizes rounded up to multiples of 8, (p, q, s) -> (p8, q8, s8)
     (``pad_sizes``): x's blocks and the weights zero-padded, so that every batched GEMM has
@@ -323,10 +337,8 @@ def _padded_forward(x, w1, w2, overrides, backend, out_features=None):
     returns (y (T, out_features or b·s), saved = (x8, w1_8, w2_8, mid (T, b, q8), pads 0))."""
     T = x.shape[0]
     (b, q, p), s = w1.shape, w2.shape[1]
-    p8, q8, s8 = pad_sizes(p, q, s)
-    x8 = _gather(x, "pad", (x.shape[1], p, p8, b), overrides, backend)         # (T, b·p8)
-    w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
-    w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
+    q8, s8 = pad_sizes(p, q, s)[1:]
+    x8, w1, w2 = _padded_operands(x, w1, w2, (b, p, q, s), overrides, backend)
     h = natural_stage1_bmm(x8, w1, b)                   # (T, b·q8): h[t, k·q + i] at k·q8 + i
     mid = _gather(h, "transpose", (q, b, (q, q8), (q, q8)), overrides, backend).view(T, b, q8)
     yg = bmm_into_grouped(mid.transpose(0, 1), w2.transpose(1, 2))   # (T, b, s8)
@@ -343,12 +355,7 @@ def _padded_backward(info, dy, x, w1, w2, mid):
     p8, q8, s8 = pad_sizes(p, q, s)
     ov, backend = info.overrides, info.backend
     n_in = info.in_features or b * p
-    if x.shape[1] != b * p8:
-        x = _gather(x, "pad", (x.shape[1], p, p8, b), ov, backend)
-    if w1.shape[1:] != (q8, p8):
-        w1 = F.pad(w1, (0, p8 - p, 0, q8 - q))
-    if w2.shape[1:] != (s8, q8):
-        w2 = F.pad(w2, (0, q8 - q, 0, s8 - s))
+    x, w1, w2 = _padded_operands(x, w1, w2, (b, p, q, s), ov, backend)
     need_x, need_w1, need_w2 = info.needs_input_grad[:3]
     dyg = _gather(dy, "transpose", (s, b, None, (s, s8), dy.shape[1]), ov, backend)
     dyT = dyg.view(T, b, s8).transpose(0, 1)            # (b, T, s8) [l, t, s'], pads zero
